@@ -1,0 +1,5 @@
+import sys
+
+from jcnn.cli import main
+
+sys.exit(main())

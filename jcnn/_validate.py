@@ -1,0 +1,208 @@
+"""Call-time validation shared by the hand-ruled ops and their `jcnn.reference` twins.
+
+Each `*_config` function checks one op's arguments (shapes are static, so this runs in Python
+before tracing) and returns the hashable config its `custom_vjp` takes as `nondiff_argnums`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcnn._args import (IntPair, Pads, PaddingLike, check_float, check_rank, check_window_fits,
+                        out_size, padding_pairs, pair)
+
+
+class ConvConfig(NamedTuple):
+    stride: IntPair
+    pads: Pads  # ((top, bottom), (left, right))
+    dilation: IntPair
+    groups: int
+
+
+class ConvTransposeConfig(NamedTuple):
+    stride: IntPair
+    pads: Pads  # the padding of the conv2d this one is the adjoint of
+    dilation: IntPair
+    groups: int
+    output_padding: IntPair
+
+
+class PoolConfig(NamedTuple):
+    window: IntPair
+    stride: IntPair
+    pads: Pads
+
+
+def _groups(op: str, groups) -> int:
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"{op}: groups must be an int, got {groups!r}")
+    if groups < 1:
+        raise ValueError(f"{op}: groups must be >= 1, got {groups}")
+    return int(groups)
+
+
+def _bias(op: str, b, channels: int) -> None:
+    if b is not None and tuple(np.shape(b)) != (channels,):
+        raise ValueError(f"{op}: b must have shape ({channels},) (one per output channel), "
+                         f"got {tuple(np.shape(b))}")
+
+
+def conv2d_config(x, w, b, stride, padding: PaddingLike, dilation, groups,
+                  op: str = "conv2d") -> ConvConfig:
+    check_rank(op, "x", x, 4, "NHWC")
+    check_rank(op, "w", w, 4, "HWIO")
+    check_float(op, x=x, w=w, b=b)
+    groups = _groups(op, groups)
+    (_, h, wd, c), (kh, kw, ci, co) = np.shape(x), np.shape(w)
+    if c % groups:
+        raise ValueError(f"{op}: groups={groups} must divide x's {c} channels (x shape {np.shape(x)})")
+    if co % groups:
+        raise ValueError(f"{op}: groups={groups} must divide w's {co} output channels "
+                         f"(w shape {np.shape(w)})")
+    if ci * groups != c:
+        raise ValueError(f"{op}: x has {c} channels but w expects {ci * groups} "
+                         f"(w.shape[2] * groups = {ci} * {groups}); x {np.shape(x)}, w {np.shape(w)}")
+    _bias(op, b, co)
+    stride, dilation = pair(stride, "stride", op), pair(dilation, "dilation", op)
+    pads = padding_pairs(padding, op, in_hw=(h, wd), window=(kh, kw), stride=stride,
+                         dilation=dilation)
+    check_window_fits(op, (h, wd), pads, (kh, kw), dilation, "kernel")
+    return ConvConfig(stride, pads, dilation, groups)
+
+
+def conv_transpose2d_config(x, w, b, stride, padding, output_padding, dilation, groups,
+                            op: str = "conv_transpose2d") -> ConvTransposeConfig:
+    check_rank(op, "x", x, 4, "NHWC")
+    check_rank(op, "w", w, 4, "HWIO of the forward conv2d: (kh, kw, out_channels // groups, in_channels)")
+    check_float(op, x=x, w=w, b=b)
+    groups = _groups(op, groups)
+    (_, h, wd, c), (kh, kw, co_g, ci) = np.shape(x), np.shape(w)
+    if ci != c:
+        raise ValueError(f"{op}: x has {c} channels but w.shape[3] is {ci}; w is the HWIO kernel "
+                         f"(kh, kw, out_channels // groups, in_channels); x {np.shape(x)}, w {np.shape(w)}")
+    if c % groups:
+        raise ValueError(f"{op}: groups={groups} must divide x's {c} channels (x shape {np.shape(x)})")
+    _bias(op, b, co_g * groups)
+    stride, dilation = pair(stride, "stride", op), pair(dilation, "dilation", op)
+    pads = padding_pairs(padding, op, in_hw=(h, wd), window=(kh, kw), stride=stride,
+                         dilation=dilation, strings=False)
+    output_padding = pair(output_padding, "output_padding", op, minimum=0)
+    for axis, p, s, d in zip("HW", output_padding, stride, dilation):
+        if p >= max(s, d):
+            raise ValueError(f"{op}: output_padding must be smaller than the stride or the dilation, "
+                             f"got {p} in {axis} with stride {s}, dilation {d}")
+    for axis, size, k, s, d, (lo, hi), p in zip("HW", (h, wd), (kh, kw), stride, dilation, pads,
+                                               output_padding):
+        if (size - 1) * s - lo - hi + d * (k - 1) + p + 1 < 1:
+            raise ValueError(f"{op}: the output would be empty in {axis}: (H-1)*stride - top - bottom"
+                             f" + dilation*(kh-1) + output_padding + 1 < 1 for input {size}, "
+                             f"kernel {k}, stride {s}, padding {(lo, hi)}, dilation {d}")
+    return ConvTransposeConfig(stride, pads, dilation, groups, output_padding)
+
+
+def conv_transpose2d_out_hw(x_shape, w_shape, cfg: ConvTransposeConfig) -> IntPair:
+    """(H-1)*stride - top - bottom + dilation*(kh-1) + output_padding + 1, per axis."""
+    return tuple((size - 1) * s - lo - hi + d * (k - 1) + p + 1 for size, k, s, (lo, hi), d, p in
+                 zip(x_shape[1:3], w_shape[:2], cfg.stride, cfg.pads, cfg.dilation,
+                     cfg.output_padding))
+
+
+def pool_config(x, window, stride, padding: PaddingLike, op: str) -> PoolConfig:
+    check_rank(op, "x", x, 4, "NHWC")
+    check_float(op, x=x)
+    window = pair(window, "window", op)
+    stride = window if stride is None else pair(stride, "stride", op)
+    h, wd = np.shape(x)[1:3]
+    pads = padding_pairs(padding, op, in_hw=(h, wd), window=window, stride=stride)
+    check_window_fits(op, (h, wd), pads, window, (1, 1))
+    return PoolConfig(window, stride, pads)
+
+
+def pool_out_hw(x_shape, cfg: PoolConfig) -> IntPair:
+    return tuple(out_size(n, k, s, 1, lo, hi) for n, k, s, (lo, hi) in
+                 zip(x_shape[1:3], cfg.window, cfg.stride, cfg.pads))
+
+
+def avg_pool_counts(x_shape, cfg: PoolConfig, op: str = "avg_pool2d") -> np.ndarray:
+    """Number of real (unpadded) input elements in each window, shape (OH, OW): the divisor
+    when count_include_pad=False. A window made only of padding is an error."""
+    counts = []
+    for n, k, s, (lo, _), o in zip(x_shape[1:3], cfg.window, cfg.stride, cfg.pads,
+                                    pool_out_hw(x_shape, cfg)):
+        start = np.arange(o) * s - lo
+        counts.append(np.minimum(start + k, n) - np.maximum(start, 0))
+    table = np.outer(counts[0], counts[1])
+    if table.min() <= 0:
+        raise ValueError(f"{op}: with count_include_pad=False some windows hold only padding "
+                         f"(input {tuple(x_shape)}, window {cfg.window}, padding {cfg.pads}); "
+                         f"use less padding")
+    return table
+
+
+def dense_check(x, w, b, op: str = "dense") -> None:
+    if np.ndim(x) < 1:
+        raise ValueError(f"{op}: x must have at least one axis (..., in_features), got a scalar")
+    check_rank(op, "w", w, 2, "(in_features, out_features)")
+    check_float(op, x=x, w=w, b=b)
+    if np.shape(x)[-1] != np.shape(w)[0]:
+        raise ValueError(f"{op}: x has {np.shape(x)[-1]} features (x shape {np.shape(x)}) but w "
+                         f"expects {np.shape(w)[0]} (w shape {np.shape(w)})")
+    _bias(op, b, np.shape(w)[1])
+
+
+def batch_norm_check(x, scale, bias, eps, op: str = "batch_norm") -> float:
+    if np.ndim(x) < 2:
+        raise ValueError(f"{op}: x must have rank >= 2 (batch, ..., channels), got shape {np.shape(x)}")
+    check_float(op, x=x, scale=scale, bias=bias)
+    c = np.shape(x)[-1]
+    for name, a in (("scale", scale), ("bias", bias)):
+        if tuple(np.shape(a)) != (c,):
+            raise ValueError(f"{op}: {name} must have shape ({c},) (x's last axis), got "
+                             f"{tuple(np.shape(a))}; x shape {np.shape(x)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{op}: eps must be a Python float, got {eps!r}")
+    if eps < 0:
+        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+    return float(eps)
+
+
+def dropout_check(x, rate, key, op: str = "dropout") -> float:
+    check_float(op, x=x)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{op}: rate must be a Python float in [0, 1), got {rate!r}")
+    if not 0 <= rate < 1:
+        raise ValueError(f"{op}: rate must be in [0, 1), got {rate}")
+    is_typed_key = jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key)
+    if not is_typed_key and (jnp.result_type(key) != jnp.uint32 or np.shape(key) != (2,)):
+        raise TypeError(f"{op}: key must be a PRNG key from jax.random.key or jax.random.PRNGKey, "
+                        f"got dtype {jnp.result_type(key)} shape {np.shape(key)}")
+    return float(rate)
+
+
+def labels_check(logits, labels, op: str = "softmax_cross_entropy") -> None:
+    if np.ndim(logits) < 1:
+        raise ValueError(f"{op}: logits must have a class axis (..., classes), got a scalar")
+    check_float(op, logits=logits)
+    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        raise TypeError(f"{op}: labels must be integer class ids, got dtype {jnp.result_type(labels)}")
+    if tuple(np.shape(labels)) != tuple(np.shape(logits)[:-1]):
+        raise ValueError(f"{op}: labels must have shape logits.shape[:-1] = "
+                         f"{tuple(np.shape(logits)[:-1])}, got {tuple(np.shape(labels))}")
+    if not isinstance(labels, jax.core.Tracer) and np.size(labels):
+        lo, hi, classes = int(np.min(labels)), int(np.max(labels)), np.shape(logits)[-1]
+        if lo < 0 or hi >= classes:
+            raise ValueError(f"{op}: labels must lie in [0, {classes}) for {classes} classes, "
+                             f"got values in [{lo}, {hi}]")
+
+
+def float_check(x, op: str) -> None:
+    check_float(op, x=x)
+
+
+def flatten_check(x, op: str = "flatten") -> None:
+    if np.ndim(x) < 1:
+        raise ValueError(f"{op}: x must have a batch axis (N, ...), got a scalar")
+

@@ -1,0 +1,28 @@
+"""`jcnn train | verify | bench`: each subcommand lives in its own module, which exposes
+`configure(parser)` to add its options and `run(args) -> int` to do the work. Modules are
+imported only when their subcommand runs, so `jcnn verify` never loads matplotlib."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+COMMANDS = {
+    "train": ("jcnn.train", "train a CNN with the hand-derived gradients"),
+    "verify": ("jcnn.verify", "check every op's gradients against autodiff, finite differences and NumPy"),
+    "bench": ("jcnn.bench", "time a training step: hand rules vs autodiff (vs PyTorch)"),
+}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="jcnn", description=__doc__.split(":")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,verify,bench}")
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == chosen:
+            importlib.import_module(module).configure(p)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)

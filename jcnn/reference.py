@@ -1,0 +1,134 @@
+"""Autodiff twins of every jcnn op: same names, same signatures, same validation, built only
+from `jax.lax` / `jax.numpy` with no custom rule, so `jax.grad` of these is JAX's own autodiff.
+
+Tests and benchmarks compare jcnn's hand-derived rules against these. Nothing here is tuned.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jcnn import _validate as v
+from jcnn._args import PaddingLike
+
+Array = jax.Array
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def conv2d(x: Array, w: Array, b: Optional[Array] = None, *, stride=1, padding: PaddingLike = 0,
+           dilation=1, groups: int = 1) -> Array:
+    cfg = v.conv2d_config(x, w, b, stride, padding, dilation, groups)
+    y = lax.conv_general_dilated(x, w, cfg.stride, cfg.pads, rhs_dilation=cfg.dilation,
+                                 dimension_numbers=_NHWC, feature_group_count=cfg.groups)
+    return y if b is None else y + b
+
+
+def conv_transpose2d(x: Array, w: Array, b: Optional[Array] = None, *, stride=1, padding=0,
+                     output_padding=0, dilation=1, groups: int = 1) -> Array:
+    """The adjoint of conv2d w.r.t. its input: the forward stride becomes an input dilation,
+    the kernel is flipped and its group axis moved from the output to the input channels."""
+    cfg = v.conv_transpose2d_config(x, w, b, stride, padding, output_padding, dilation, groups)
+    kh, kw, co_g, ci = w.shape
+    g = cfg.groups
+    wt = w[::-1, ::-1].reshape(kh, kw, co_g, g, ci // g)
+    wt = wt.transpose(0, 1, 4, 3, 2).reshape(kh, kw, ci // g, g * co_g)
+    pads = [(d * (k - 1) - lo, d * (k - 1) - hi + p) for k, d, (lo, hi), p in
+            zip((kh, kw), cfg.dilation, cfg.pads, cfg.output_padding)]
+    y = lax.conv_general_dilated(x, wt, (1, 1), pads, lhs_dilation=cfg.stride,
+                                 rhs_dilation=cfg.dilation, dimension_numbers=_NHWC,
+                                 feature_group_count=g)
+    return y if b is None else y + b
+
+
+def dense(x: Array, w: Array, b: Optional[Array] = None) -> Array:
+    v.dense_check(x, w, b)
+    y = jnp.matmul(x, w)
+    return y if b is None else y + b
+
+
+def relu(x: Array) -> Array:
+    v.float_check(x, "relu")
+    return jnp.where(x > 0, x, jnp.zeros_like(x))  # gradient 0 at x == 0, as jax.nn.relu
+
+
+def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
+    v.float_check(x, "leaky_relu")
+    return jnp.where(x > 0, x, negative_slope * x)
+
+
+def sigmoid(x: Array) -> Array:
+    v.float_check(x, "sigmoid")
+    return 1 / (1 + jnp.exp(-x))
+
+
+def tanh(x: Array) -> Array:
+    v.float_check(x, "tanh")
+    return jnp.tanh(x)
+
+
+def gelu(x: Array, approximate: bool = True) -> Array:
+    v.float_check(x, "gelu")
+    if approximate:
+        c = jnp.sqrt(2 / jnp.pi).astype(x.dtype)
+        return 0.5 * x * (1 + jnp.tanh(c * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + lax.erf(x / jnp.sqrt(2).astype(x.dtype)))
+
+
+def _window_args(cfg: v.PoolConfig):
+    return (1, *cfg.window, 1), (1, *cfg.stride, 1), ((0, 0), *cfg.pads, (0, 0))
+
+
+def max_pool2d(x: Array, window, stride=None, padding: PaddingLike = 0) -> Array:
+    cfg = v.pool_config(x, window, stride, padding, "max_pool2d")
+    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, *_window_args(cfg))
+
+
+def avg_pool2d(x: Array, window, stride=None, padding: PaddingLike = 0,
+               count_include_pad: bool = True) -> Array:
+    cfg = v.pool_config(x, window, stride, padding, "avg_pool2d")
+    sums = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, *_window_args(cfg))
+    if count_include_pad:
+        return sums / (cfg.window[0] * cfg.window[1])
+    counts = v.avg_pool_counts(x.shape, cfg)
+    return sums / jnp.asarray(counts, x.dtype)[:, :, None]
+
+
+def global_avg_pool2d(x: Array) -> Array:
+    v.pool_config(x, 1, 1, 0, "global_avg_pool2d")
+    return jnp.mean(x, axis=(1, 2))
+
+
+def batch_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
+    eps = v.batch_norm_check(x, scale, bias, eps)
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axis=axes)
+    var = jnp.mean(jnp.square(x - mean), axis=axes)
+    return (x - mean) * lax.rsqrt(var + eps) * scale + bias
+
+
+def dropout(x: Array, rate: float, key: Array) -> Array:
+    rate = v.dropout_check(x, rate, key)
+    if rate == 0:
+        return x
+    keep = jax.random.bernoulli(key, 1 - rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1 - rate, x.dtype), jnp.zeros_like(x))
+
+
+def log_softmax(x: Array) -> Array:
+    v.float_check(x, "log_softmax")
+    shifted = x - lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+
+
+def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
+    v.labels_check(logits, labels)
+    picked = jnp.take_along_axis(log_softmax(logits), labels[..., None], axis=-1)
+    return -jnp.mean(picked)
+
+
+def flatten(x: Array) -> Array:
+    v.flatten_check(x)
+    return x.reshape(x.shape[0], -1)
