@@ -1,0 +1,87 @@
+"""Gradient comparisons shared by the op tests: hand rule vs `jcnn.reference` autodiff (first
+and second order, random cotangents) and central finite differences in float64.
+
+Kept independent of `jcnn.check_vjp` on purpose: the op tests must not trust the verifier they
+are also used to validate.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.test_util import check_grads
+
+TOL = {jnp.float64: 1e-9, jnp.float32: 2e-4, jnp.bfloat16: 5e-2, jnp.float16: 1e-2}
+
+
+def tol(dtype):
+    return TOL[jnp.dtype(dtype).type]
+
+
+def _cotangent(y, seed):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(np.shape(y)), jnp.result_type(y))
+
+
+def restrict(fn, args, argnums):
+    """`fn` as a function of args[argnums] only, the other arguments held fixed."""
+    def g(*diff):
+        full = list(args)
+        for i, a in zip(argnums, diff):
+            full[i] = a
+        return fn(*full)
+    return g
+
+
+def vjp_both(f, ref, args, argnums, seed=0):
+    """Outputs and cotangents of f and ref w.r.t. args[argnums] for one random output cotangent."""
+    diff = [args[i] for i in argnums]
+    y, pull = jax.vjp(restrict(f, args, argnums), *diff)
+    y_ref, pull_ref = jax.vjp(restrict(ref, args, argnums), *diff)
+    ct = _cotangent(y, seed)
+    return y, y_ref, pull(ct), pull_ref(ct)
+
+
+def assert_matches_reference(f, ref, args, argnums, *, rtol=None, seed=0):
+    """Forward and first-order cotangents of `f` equal those of the autodiff twin `ref`;
+    cotangents come back in the primal's dtype."""
+    y, y_ref, d, d_ref = vjp_both(f, ref, args, argnums, seed)
+    rtol = tol(jnp.result_type(y)) if rtol is None else rtol
+    np.testing.assert_allclose(np.asarray(y, np.float64), np.asarray(y_ref, np.float64),
+                               rtol=rtol, atol=rtol)
+    for i, a, b in zip(argnums, d, d_ref):
+        assert a.dtype == args[i].dtype, f"cotangent of arg {i} is {a.dtype}, primal {args[i].dtype}"
+        _close(a, b, rtol, f"argument {i}")
+
+
+def _close(a, b, rtol, what):
+    scale = max(1.0, float(np.abs(np.asarray(b, np.float64)).max(initial=0)))
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                               rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+def assert_second_order_matches(f, ref, args, argnums, *, rtol=None, seed=1):
+    """The gradient of <vjp(f)(ct), u> w.r.t. the inputs equals the same for `ref`: reverse over
+    reverse through the hand rule agrees with autodiff of the pure forward (JAX #21220)."""
+    rng = np.random.default_rng(seed)
+    diff = [args[i] for i in argnums]
+    out = jax.eval_shape(restrict(ref, args, argnums), *diff)
+    ct = jnp.asarray(rng.standard_normal(out.shape), out.dtype)
+    us = [jnp.asarray(rng.standard_normal(np.shape(a)), a.dtype) for a in diff]
+
+    def scalar(fn):
+        def s(*d):
+            _, pull = jax.vjp(restrict(fn, args, argnums), *d)
+            return sum(jnp.vdot(c, u) for c, u in zip(pull(ct), us))
+        return s
+
+    every = tuple(range(len(diff)))
+    got = jax.grad(scalar(f), argnums=every)(*diff)
+    want = jax.grad(scalar(ref), argnums=every)(*diff)
+    rtol = tol(out.dtype) * 10 if rtol is None else rtol
+    for i, a, b in zip(argnums, got, want):
+        _close(a, b, rtol, f"second order, argument {i}")
+
+
+def assert_finite_differences(f, args, argnums, order=1):
+    """Central finite differences in float64 on random directions (reverse mode only:
+    custom_vjp has no forward mode)."""
+    check_grads(restrict(f, args, argnums), [args[i] for i in argnums], order=order,
+                modes=["rev"], atol=1e-5, rtol=1e-5, eps=1e-6)
