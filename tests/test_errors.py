@@ -1,0 +1,99 @@
+"""Bad input raises ValueError/TypeError at call time, and the message names the argument.
+
+One table, run against the hand-ruled ops and their autodiff twins (validation is shared, so
+both must refuse the same calls with the same words)."""
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jcnn
+from jcnn import reference
+
+f32 = jnp.float32
+X = jnp.zeros((2, 6, 6, 4), f32)
+W = jnp.zeros((3, 3, 4, 8), f32)
+WT = jnp.zeros((3, 3, 2, 4), f32)  # conv_transpose2d: (kh, kw, out // groups, in)
+KEY = jax.random.key(0)
+
+# (id, op name, args, kwargs, exception, words the message must contain)
+CASES = [
+    ("conv-x-rank3", "conv2d", (jnp.zeros((6, 6, 4), f32), W), {}, ValueError, ["x", "rank 4"]),
+    ("conv-w-rank3", "conv2d", (X, jnp.zeros((3, 4, 8), f32)), {}, ValueError, ["w", "rank 4"]),
+    ("conv-channels", "conv2d", (X, jnp.zeros((3, 3, 3, 8), f32)), {}, ValueError, ["channels", "w"]),
+    ("conv-groups-x", "conv2d", (X, jnp.zeros((3, 3, 1, 9), f32)), {"groups": 3}, ValueError, ["groups"]),
+    ("conv-groups-out", "conv2d", (X, jnp.zeros((3, 3, 2, 7), f32)), {"groups": 2}, ValueError, ["groups", "output channels"]),
+    ("conv-groups-zero", "conv2d", (X, W), {"groups": 0}, ValueError, ["groups"]),
+    ("conv-groups-float", "conv2d", (X, W), {"groups": 1.5}, TypeError, ["groups"]),
+    ("conv-stride-0", "conv2d", (X, W), {"stride": 0}, ValueError, ["stride"]),
+    ("conv-stride-triple", "conv2d", (X, W), {"stride": (1, 1, 1)}, TypeError, ["stride"]),
+    ("conv-dilation-0", "conv2d", (X, W), {"dilation": (1, 0)}, ValueError, ["dilation"]),
+    ("conv-padding-neg", "conv2d", (X, W), {"padding": -1}, ValueError, ["padding"]),
+    ("conv-padding-neg-pairs", "conv2d", (X, W), {"padding": ((0, -1), (0, 0))}, ValueError, ["padding"]),
+    ("conv-padding-string", "conv2d", (X, W), {"padding": "FULL"}, ValueError, ["padding", "SAME"]),
+    ("conv-padding-type", "conv2d", (X, W), {"padding": 1.5}, TypeError, ["padding"]),
+    ("conv-kernel-too-big", "conv2d", (X, jnp.zeros((7, 3, 4, 8), f32)), {}, ValueError, ["kernel", "padded input", "empty"]),
+    ("conv-dilated-too-big", "conv2d", (X, W), {"dilation": 3}, ValueError, ["kernel", "dilation"]),
+    ("conv-bias-shape", "conv2d", (X, W, jnp.zeros((4,), f32)), {}, ValueError, ["b", "(8,)"]),
+    ("conv-dtype-mismatch", "conv2d", (X, W.astype(jnp.float64)), {}, TypeError, ["dtype", "x", "w"]),
+    ("conv-int-x", "conv2d", (X.astype(jnp.int32), W), {}, TypeError, ["x", "floating"]),
+    ("convT-channels", "conv_transpose2d", (X, jnp.zeros((3, 3, 2, 5), f32)), {}, ValueError, ["channels", "w.shape[3]"]),
+    ("convT-padding-string", "conv_transpose2d", (X, WT), {"padding": "SAME"}, TypeError, ["padding"]),
+    ("convT-output-padding", "conv_transpose2d", (X, WT), {"stride": 2, "output_padding": 2}, ValueError, ["output_padding"]),
+    ("convT-output-padding-neg", "conv_transpose2d", (X, WT), {"output_padding": -1}, ValueError, ["output_padding"]),
+    ("convT-bias", "conv_transpose2d", (X, WT, jnp.zeros((4,), f32)), {}, ValueError, ["b", "(2,)"]),
+    ("convT-empty", "conv_transpose2d", (jnp.zeros((1, 1, 1, 4), f32), jnp.zeros((1, 1, 2, 4), f32)), {"padding": 1}, ValueError, ["empty"]),
+    ("dense-features", "dense", (jnp.zeros((3, 5), f32), jnp.zeros((4, 2), f32)), {}, ValueError, ["features", "x", "w"]),
+    ("dense-w-rank", "dense", (jnp.zeros((3, 5), f32), jnp.zeros((5,), f32)), {}, ValueError, ["w", "rank 2"]),
+    ("dense-bias", "dense", (jnp.zeros((3, 5), f32), jnp.zeros((5, 2), f32), jnp.zeros((5,), f32)), {}, ValueError, ["b", "(2,)"]),
+    ("dense-scalar", "dense", (jnp.zeros((), f32), jnp.zeros((1, 2), f32)), {}, ValueError, ["x"]),
+    ("maxpool-rank", "max_pool2d", (jnp.zeros((6, 6, 4), f32), 2), {}, ValueError, ["x", "rank 4"]),
+    ("maxpool-window-0", "max_pool2d", (X, 0), {}, ValueError, ["window"]),
+    ("maxpool-window-big", "max_pool2d", (X, 7), {}, ValueError, ["window", "padded input"]),
+    ("maxpool-stride-0", "max_pool2d", (X, 2), {"stride": 0}, ValueError, ["stride"]),
+    ("maxpool-padding-neg", "max_pool2d", (X, 2), {"padding": (-1, 0)}, ValueError, ["padding"]),
+    ("maxpool-int", "max_pool2d", (X.astype(jnp.int32), 2), {}, TypeError, ["x", "floating"]),
+    ("avgpool-window-big", "avg_pool2d", (X, (2, 9)), {}, ValueError, ["window", "padded input"]),
+    ("avgpool-only-padding", "avg_pool2d", (X, 2), {"padding": 2, "count_include_pad": False}, ValueError, ["padding"]),
+    ("gap-rank", "global_avg_pool2d", (jnp.zeros((2, 4), f32),), {}, ValueError, ["x", "rank 4"]),
+    ("bn-scale-shape", "batch_norm", (X, jnp.ones((3,), f32), jnp.zeros((4,), f32)), {}, ValueError, ["scale", "(4,)"]),
+    ("bn-bias-shape", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((2,), f32)), {}, ValueError, ["bias", "(4,)"]),
+    ("bn-eps-neg", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((4,), f32)), {"eps": -1e-5}, ValueError, ["eps"]),
+    ("bn-rank1", "batch_norm", (jnp.zeros((4,), f32), jnp.ones((4,), f32), jnp.zeros((4,), f32)), {}, ValueError, ["x", "rank"]),
+    ("bn-dtype", "batch_norm", (X, jnp.ones((4,), jnp.float64), jnp.zeros((4,), f32)), {}, TypeError, ["dtype", "scale"]),
+    ("dropout-rate-1", "dropout", (X, 1.0, KEY), {}, ValueError, ["rate"]),
+    ("dropout-rate-neg", "dropout", (X, -0.1, KEY), {}, ValueError, ["rate"]),
+    ("dropout-key", "dropout", (X, 0.5, jnp.zeros((3,), f32)), {}, TypeError, ["key"]),
+    ("xent-float-labels", "softmax_cross_entropy", (jnp.zeros((3, 5), f32), jnp.zeros((3,), f32)), {}, TypeError, ["labels", "integer"]),
+    ("xent-labels-shape", "softmax_cross_entropy", (jnp.zeros((3, 5), f32), jnp.zeros((3, 1), jnp.int32)), {}, ValueError, ["labels", "shape"]),
+    ("xent-labels-range", "softmax_cross_entropy", (jnp.zeros((3, 5), f32), jnp.array([0, 5, 1])), {}, ValueError, ["labels", "[0, 5)"]),
+    ("xent-int-logits", "softmax_cross_entropy", (jnp.zeros((3, 5), jnp.int32), jnp.zeros((3,), jnp.int32)), {}, TypeError, ["logits"]),
+    ("logsoftmax-int", "log_softmax", (jnp.zeros((3, 5), jnp.int32),), {}, TypeError, ["x"]),
+    ("relu-int", "relu", (jnp.zeros((3,), jnp.int32),), {}, TypeError, ["x"]),
+    ("flatten-scalar", "flatten", (jnp.zeros((), f32),), {}, ValueError, ["x"]),
+]
+
+
+@pytest.mark.parametrize("module", [jcnn, reference], ids=["jcnn", "reference"])
+@pytest.mark.parametrize("op, args, kwargs, error, words", [c[1:] for c in CASES],
+                         ids=[c[0] for c in CASES])
+def test_bad_input_is_refused_with_a_message_naming_the_argument(module, op, args, kwargs,
+                                                                 error, words):
+    with pytest.raises(error) as raised:
+        getattr(module, op)(*args, **kwargs)
+    message = str(raised.value)
+    assert message.startswith(op + ":"), message
+    for word in words:
+        assert word in message, f"{word!r} missing from: {message}"
+
+
+def test_there_are_at_least_thirty_cases():
+    assert len(CASES) >= 30
+
+
+def test_valid_calls_in_the_table_shapes_pass():
+    """The fixtures the table breaks are themselves valid, so each case fails for its one fault."""
+    for module in (jcnn, reference):
+        assert module.conv2d(X, W).shape == (2, 4, 4, 8)
+        assert module.conv_transpose2d(X, WT).shape == (2, 8, 8, 2)
+        assert module.max_pool2d(X, 2).shape == (2, 3, 3, 4)
+        assert module.batch_norm(X, jnp.ones((4,), f32), jnp.zeros((4,), f32)).shape == X.shape
