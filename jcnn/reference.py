@@ -83,17 +83,19 @@ def _window_args(cfg: v.PoolConfig):
 
 def max_pool2d(x: Array, window, stride=None, padding: PaddingLike = 0) -> Array:
     cfg = v.pool_config(x, window, stride, padding, "max_pool2d")
-    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, *_window_args(cfg))
+    # A Python scalar init, not a jnp array: only then does lax recognise the max monoid (and
+    # its autodiff rule, select_and_scatter_add) when traced under jit.
+    return lax.reduce_window(x, -jnp.inf, lax.max, *_window_args(cfg))
 
 
 def avg_pool2d(x: Array, window, stride=None, padding: PaddingLike = 0,
                count_include_pad: bool = True) -> Array:
     cfg = v.pool_config(x, window, stride, padding, "avg_pool2d")
-    sums = lax.reduce_window(x, jnp.array(0, x.dtype), lax.add, *_window_args(cfg))
+    sums = lax.reduce_window(x, 0.0, lax.add, *_window_args(cfg))
     if count_include_pad:
         return sums / (cfg.window[0] * cfg.window[1])
     counts = v.avg_pool_counts(x.shape, cfg)
-    return sums / jnp.asarray(counts, x.dtype)[:, :, None]
+    return sums / jnp.asarray(counts, x.dtype)[None, :, :, None]
 
 
 def global_avg_pool2d(x: Array) -> Array:
