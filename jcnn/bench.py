@@ -1,0 +1,353 @@
+"""`jcnn bench`: time a full training step with jcnn's hand-derived rules against JAX's autodiff
+(`jcnn.reference` + `jax.grad`), and PyTorch when it is installed, in one run.
+
+A step is forward, backward and an SGD-momentum update, jit-compiled with donated buffers
+(`jcnn.train.make_train_step`). Each path is warmed up, then timed one step at a time
+(`block_until_ready`) in interleaved rounds, so that load from other processes falls on every
+path alike; the table gives the median, the ratio to autodiff, and XLA's compiled memory figures
+(temp and argument bytes). `--ops` times single ops (forward + backward) the same way, so a
+regression points at its op. `--hand reference` runs autodiff against itself: its ratios show
+the harness's noise. Times are measurements of this machine, not properties of jcnn: compare
+ratios taken in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jcnn
+from jcnn import models, reference
+from jcnn.layers import Layer
+from jcnn.train import init_train_state, make_train_step
+
+NUM_CLASSES = 10
+LR, MOMENTUM = 0.01, 0.9
+
+
+class ModelSpec(NamedTuple):
+    build: Callable[[ModuleType], Layer]   # ops -> model
+    image: tuple[int, int, int]            # (H, W, C)
+    batch_sizes: tuple[int, ...]           # CPU-sized defaults
+
+
+# The issue's LeNet (conv 5x5 -> 6, pool, conv 5x5 -> 16, pool, dense 784-120-10), pinned here
+# so that the benchmark does not move when `models.lenet`'s defaults do.
+LENET = {"channels": (6, 16), "hidden": (120,)}
+MODELS = {
+    "lenet": ModelSpec(lambda ops: models.lenet(NUM_CLASSES, **LENET, ops=ops), (28, 28, 1),
+                       (128, 512)),
+    "resnet8": ModelSpec(lambda ops: models.resnet(NUM_CLASSES, 8, ops=ops), (32, 32, 3), (32, 128)),
+}
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+HANDS = {"jcnn": jcnn, "reference": reference}
+TORCH_MODES = ("eager", "channels_last", "compile")
+
+
+# ---- timing ---------------------------------------------------------------------------------
+
+def interleaved(runners: dict[str, Callable[[], object]], repeats: int, rounds: int,
+                warmup: int = 3) -> dict[str, list[float]]:
+    """Seconds per call of each runner (a call runs one step and waits for it): `warmup` calls
+    each, then `rounds` rounds in which every runner makes `repeats // rounds` timed calls in
+    turn, so a burst of load from elsewhere hits all of them rather than one."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    per_round = max(1, repeats // rounds)
+    for _ in range(rounds):
+        for name, run in runners.items():
+            for _ in range(per_round):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _memory(compiled) -> dict:
+    stats = compiled.memory_analysis()
+    if stats is None:  # some backends give no figures
+        return {"temp_bytes": None, "argument_bytes": None}
+    return {"temp_bytes": int(stats.temp_size_in_bytes),
+            "argument_bytes": int(stats.argument_size_in_bytes)}
+
+
+FIELDS = ("model", "op", "batch", "dtype", "impl", "median_ms", "min_ms", "runs", "ratio",
+          "temp_bytes", "argument_bytes", "temp_ratio", "note")
+
+
+def _rows(case: dict, times: dict[str, list[float]], memory: dict[str, dict],
+          notes: dict[str, str], baseline: str = "autodiff") -> list[dict]:
+    """One row per implementation, each with every field of `FIELDS` (None where it has no
+    value): median and fastest time, and `ratio` / `temp_ratio` against the baseline's."""
+    rows = []
+    for impl in [*times, *notes]:
+        row = dict.fromkeys(FIELDS) | case | {"impl": impl, "note": notes.get(impl)}
+        row |= memory.get(impl, {})
+        if impl in times:
+            t = times[impl]
+            row |= {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t), "runs": len(t)}
+        rows.append(row)
+    base = next(r for r in rows if r["impl"] == baseline)
+    for r in rows:
+        if r["median_ms"] is not None:
+            r["ratio"] = r["median_ms"] / base["median_ms"]
+        if r["temp_bytes"] is not None and base["temp_bytes"]:
+            r["temp_ratio"] = r["temp_bytes"] / base["temp_bytes"]
+    return rows
+
+
+def _jax_runners(hand: ModuleType, make: Callable[[ModuleType], tuple[Callable, dict]]):
+    """`make(ops)` for the hand rules and for autodiff: (runners, memory, notes) keyed by
+    implementation; an op missing from `hand` becomes a note rather than an error."""
+    runners, memory, notes = {}, {}, {}
+    for impl, ops in (("jcnn" if hand is jcnn else "reference", hand), ("autodiff", reference)):
+        try:
+            runners[impl], memory[impl] = make(ops)
+        except AttributeError as e:  # an op that has not landed in jcnn yet
+            notes[impl] = str(e)
+    return runners, memory, notes
+
+
+# ---- the training step ----------------------------------------------------------------------
+
+def _batch(spec: ModelSpec, batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, *spec.image), dtype=np.float32)
+    return images, rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
+
+
+def jax_step_runner(spec: ModelSpec, ops: ModuleType, images: np.ndarray, labels: np.ndarray,
+                    compute_dtype) -> tuple[Callable[[], object], dict]:
+    """A runner for one jitted, donated training step with `ops`, and its memory figures."""
+    model, optimizer = spec.build(ops), optax.sgd(LR, momentum=MOMENTUM)
+    ts = init_train_state(model, optimizer, jax.random.key(0), images.shape)
+    x, y = jnp.asarray(images), jnp.asarray(labels)
+    compiled = make_train_step(model, optimizer, ops=ops, compute_dtype=compute_dtype) \
+        .lower(ts, x, y).compile()
+    state = [ts]
+
+    def run():
+        state[0], loss = compiled(state[0], x, y)
+        return jax.block_until_ready((state[0], loss))
+    return run, _memory(compiled)
+
+
+def bench_step(name: str, batch: int, dtype: str, *, repeats: int, rounds: int,
+               hand: ModuleType = jcnn, torch_modes: Sequence[str] = ()) -> list[dict]:
+    """Rows for one (model, batch, dtype): hand rules, autodiff, and each PyTorch mode."""
+    spec = MODELS[name]
+    images, labels = _batch(spec, batch)
+    runners, memory, notes = _jax_runners(
+        hand, lambda ops: jax_step_runner(spec, ops, images, labels, DTYPES[dtype]))
+    for mode in torch_modes:
+        from jcnn import _bench_torch  # torch is optional: imported only when asked for
+        try:
+            runners[f"torch-{mode}"] = _bench_torch.step_runner(name, mode, images, labels, dtype)
+        except Exception as e:  # torch.compile needs a C++ compiler and may fail: say so, go on
+            notes[f"torch-{mode}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
+    case = {"model": name, "op": "train step", "batch": batch, "dtype": dtype}
+    return _rows(case, interleaved(runners, repeats, rounds), memory, notes)
+
+
+# ---- single ops -----------------------------------------------------------------------------
+
+class OpCase(NamedTuple):
+    """One layer of a model as a benchmark: `call(ops, *args)` on arrays from `args(rng, batch)`,
+    differentiated with respect to the arguments `argnums` (as the model needs them)."""
+    name: str
+    model: str
+    call: Callable[..., jax.Array]
+    args: Callable[[np.random.Generator, int], tuple[np.ndarray, ...]]
+    argnums: tuple[int, ...]
+
+
+def _normal(image: tuple[int, ...], *params: tuple[int, ...]):
+    """Arguments: a batch of `image`-shaped inputs, then one array of each `params` shape."""
+    def args(rng, batch):
+        return tuple(rng.standard_normal(s, dtype=np.float32) for s in ((batch, *image), *params))
+    return args
+
+
+def _logits_labels(rng, batch):
+    return (rng.standard_normal((batch, NUM_CLASSES), dtype=np.float32),
+            rng.integers(0, NUM_CLASSES, batch).astype(np.int32))
+
+
+OP_CASES = (
+    OpCase("conv1 5x5 1->6 (dw, db)", "lenet",
+           lambda ops, x, w, b: ops.conv2d(x, w, b, padding=2),
+           _normal((28, 28, 1), (5, 5, 1, 6), (6,)), (1, 2)),
+    OpCase("relu+pool1 2x2 28x28x6", "lenet", lambda ops, x: ops.max_pool2d(ops.relu(x), 2),
+           _normal((28, 28, 6)), (0,)),
+    OpCase("conv2 5x5 6->16", "lenet", lambda ops, x, w, b: ops.conv2d(x, w, b, padding=2),
+           _normal((14, 14, 6), (5, 5, 6, 16), (16,)), (0, 1, 2)),
+    OpCase("relu+pool2 2x2 14x14x16", "lenet", lambda ops, x: ops.max_pool2d(ops.relu(x), 2),
+           _normal((14, 14, 16)), (0,)),
+    OpCase("dense 784->120", "lenet", lambda ops, x, w, b: ops.dense(x, w, b),
+           _normal((784,), (784, 120), (120,)), (0, 1, 2)),
+    OpCase("softmax_cross_entropy", "lenet", lambda ops, z, y: ops.softmax_cross_entropy(z, y),
+           _logits_labels, (0,)),
+    OpCase("conv 3x3 16->16 32x32", "resnet8", lambda ops, x, w: ops.conv2d(x, w, padding=1),
+           _normal((32, 32, 16), (3, 3, 16, 16)), (0, 1)),
+    OpCase("conv 3x3/2 16->32 32x32", "resnet8",
+           lambda ops, x, w: ops.conv2d(x, w, stride=2, padding=1),
+           _normal((32, 32, 16), (3, 3, 16, 32)), (0, 1)),
+    OpCase("batch_norm 32x32x16", "resnet8", lambda ops, x, s, b: ops.batch_norm(x, s, b),
+           _normal((32, 32, 16), (16,), (16,)), (0, 1, 2)),
+    OpCase("relu 32x32x16", "resnet8", lambda ops, x: ops.relu(x), _normal((32, 32, 16)), (0,)),
+)
+
+
+def op_runner(case: OpCase, ops: ModuleType, args: tuple[jax.Array, ...]
+              ) -> tuple[Callable[[], object], dict]:
+    """A runner for the op's forward and its backward pulled by a fixed random cotangent (the
+    output is returned too, as a model uses it), jit-compiled; and its memory figures."""
+    def fwd_bwd(ct, *args):
+        def f(*diff):
+            full = list(args)
+            for i, a in zip(case.argnums, diff):
+                full[i] = a
+            return case.call(ops, *full)
+        y, pull = jax.vjp(f, *(args[i] for i in case.argnums))
+        return y, pull(ct)
+    out = jax.eval_shape(functools.partial(case.call, ops), *args)
+    ct = jax.random.normal(jax.random.key(1), out.shape, out.dtype)
+    compiled = jax.jit(fwd_bwd).lower(ct, *args).compile()
+    return (lambda: jax.block_until_ready(compiled(ct, *args))), _memory(compiled)
+
+
+def bench_op(case: OpCase, batch: int, dtype: str, *, repeats: int, rounds: int,
+             hand: ModuleType = jcnn) -> list[dict]:
+    """Rows for one op at one batch size: the hand rule and autodiff."""
+    cast = jnp.float32 if DTYPES[dtype] is None else DTYPES[dtype]
+    args = tuple(jnp.asarray(a, cast if a.dtype.kind == "f" else a.dtype)
+                 for a in case.args(np.random.default_rng(0), batch))
+    runners, memory, notes = _jax_runners(hand, lambda ops: op_runner(case, ops, args))
+    case_fields = {"model": case.model, "op": case.name, "batch": batch, "dtype": dtype}
+    return _rows(case_fields, interleaved(runners, repeats, rounds), memory, notes)
+
+
+# ---- the command ----------------------------------------------------------------------------
+
+def environment() -> dict:
+    """Where the numbers come from: device, cores, versions, date and load."""
+    from importlib import metadata
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    try:
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = None
+    device = jax.devices()[0]
+    return {"platform": device.platform,
+            "device": cpu if device.platform == "cpu" else device.device_kind,
+            "cores": os.cpu_count(), "jax": jax.__version__,
+            "jaxlib": metadata.version("jaxlib"), "torch": torch_version,
+            "python": platform.python_version(),
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "load_average": os.getloadavg()}
+
+
+def _torch_modes(arg: Optional[str], smoke: bool) -> tuple[str, ...]:
+    """--torch: a comma list of modes, "none", or (default) every mode when torch imports
+    (none under --smoke)."""
+    if arg is None:
+        from importlib.util import find_spec
+        return () if smoke or find_spec("torch") is None else TORCH_MODES
+    modes = () if arg == "none" else tuple(arg.split(","))
+    unknown = set(modes) - set(TORCH_MODES)
+    if unknown:
+        raise SystemExit(f"jcnn bench: --torch takes none or a comma list of "
+                         f"{', '.join(TORCH_MODES)}; got {', '.join(sorted(unknown))}")
+    return modes
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", nargs="+", choices=sorted(MODELS), default=None,
+                        help="models to time (default: all; lenet under --smoke)")
+    parser.add_argument("--batch-sizes", nargs="+", type=int, metavar="B", help="batch sizes for "
+                        "every model (default: " + "; ".join(
+                            f"{k} {' '.join(map(str, v.batch_sizes))}" for k, v in MODELS.items())
+                        + "; e.g. 1024 8192 on a GPU)")
+    parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=None,
+                        help="compute dtypes, params stay float32 (default: both)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs per path (default 30)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaving rounds the runs are split into (default 5)")
+    parser.add_argument("--torch", metavar="MODES", help="PyTorch rows: comma list of "
+                        f"{', '.join(TORCH_MODES)}, or none (default: all when torch imports)")
+    parser.add_argument("--ops", action="store_true",
+                        help="time single ops (forward + backward) instead of the training step")
+    parser.add_argument("--hand", choices=sorted(HANDS), default="jcnn",
+                        help="the rules timed against autodiff; reference gives an A/A run "
+                        "whose ratios show the harness's noise")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny: batch 8, float32, 3 runs, no torch (for the test suite)")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write {environment, rows} as JSON here")
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as an aligned text table: times in ms, memory in MB, ratios to autodiff."""
+    head = ("model", "op", "batch", "dtype", "impl", "median ms", "min ms", "ratio",
+            "temp MB", "arg MB", "temp ratio")
+    lines = [head] + [(r["model"], r["op"], str(r["batch"]), r["dtype"], r["impl"],
+                       _fmt(r["median_ms"], ".2f"), _fmt(r["min_ms"], ".2f"),
+                       _fmt(r["ratio"], ".2f"),
+                       _fmt(r["temp_bytes"] and r["temp_bytes"] / 1e6, ".2f"),
+                       _fmt(r["argument_bytes"] and r["argument_bytes"] / 1e6, ".2f"),
+                       _fmt(r["temp_ratio"], ".2f")) + ((r["note"],) if r["note"] else ())
+                      for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
+                     + ("  " + line[-1] if len(line) > len(head) else "") for line in lines)
+
+
+def run(args) -> int:
+    names = args.model or (["lenet"] if args.smoke else list(MODELS))
+    dtypes = args.dtype or (["float32"] if args.smoke else list(DTYPES))
+    repeats, rounds = (3, 1) if args.smoke else (args.repeats, args.rounds)
+    torch_modes = _torch_modes(args.torch, args.smoke)
+    hand = HANDS[args.hand]
+    env = environment()
+    print(f"jcnn bench: {env['platform']} {env['device']} ({env['cores']} cores), jax {env['jax']}, "
+          f"jaxlib {env['jaxlib']}, torch {env['torch'] or 'not installed'}, load "
+          f"{' '.join(f'{x:.2f}' for x in env['load_average'])}; {repeats} runs per path in "
+          f"{rounds} interleaved rounds, median", flush=True)
+    rows = []
+    for name in names:
+        sizes = [8] if args.smoke else args.batch_sizes or MODELS[name].batch_sizes
+        for batch in sizes:
+            for dtype in dtypes:
+                if args.ops:
+                    for case in (c for c in OP_CASES if c.model == name):
+                        rows += bench_op(case, batch, dtype, repeats=repeats, rounds=rounds,
+                                         hand=hand)
+                else:
+                    rows += bench_step(name, batch, dtype, repeats=repeats, rounds=rounds,
+                                       hand=hand, torch_modes=torch_modes)
+    print(format_table(rows))
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if args.json:
+        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
+    return 0
