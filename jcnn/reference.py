@@ -18,12 +18,21 @@ Array = jax.Array
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
+def _per_channel(v: Array, ndim: int) -> Array:
+    """(C,) -> (1, ..., 1, C): explicit, so strict rank promotion has nothing to complain of."""
+    return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _plus_bias(y: Array, b: Optional[Array]) -> Array:
+    return y if b is None else y + _per_channel(b, y.ndim)
+
+
 def conv2d(x: Array, w: Array, b: Optional[Array] = None, *, stride=1, padding: PaddingLike = 0,
            dilation=1, groups: int = 1) -> Array:
     cfg = v.conv2d_config(x, w, b, stride, padding, dilation, groups)
     y = lax.conv_general_dilated(x, w, cfg.stride, cfg.pads, rhs_dilation=cfg.dilation,
                                  dimension_numbers=_NHWC, feature_group_count=cfg.groups)
-    return y if b is None else y + b
+    return _plus_bias(y, b)
 
 
 def conv_transpose2d(x: Array, w: Array, b: Optional[Array] = None, *, stride=1, padding=0,
@@ -40,13 +49,13 @@ def conv_transpose2d(x: Array, w: Array, b: Optional[Array] = None, *, stride=1,
     y = lax.conv_general_dilated(x, wt, (1, 1), pads, lhs_dilation=cfg.stride,
                                  rhs_dilation=cfg.dilation, dimension_numbers=_NHWC,
                                  feature_group_count=g)
-    return y if b is None else y + b
+    return _plus_bias(y, b)
 
 
 def dense(x: Array, w: Array, b: Optional[Array] = None) -> Array:
     v.dense_check(x, w, b)
     y = jnp.matmul(x, w)
-    return y if b is None else y + b
+    return _plus_bias(y, b)
 
 
 def relu(x: Array) -> Array:
@@ -106,9 +115,10 @@ def global_avg_pool2d(x: Array) -> Array:
 def batch_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
     eps = v.batch_norm_check(x, scale, bias, eps)
     axes = tuple(range(x.ndim - 1))
-    mean = jnp.mean(x, axis=axes)
-    var = jnp.mean(jnp.square(x - mean), axis=axes)
-    return (x - mean) * lax.rsqrt(var + eps) * scale + bias
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    return ((x - mean) * lax.rsqrt(var + eps) * _per_channel(scale, x.ndim)
+            + _per_channel(bias, x.ndim))
 
 
 def dropout(x: Array, rate: float, key: Array) -> Array:

@@ -33,3 +33,15 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(stride, padding, dilation, gr
     t = R.conv_transpose2d(y, w, output_padding=output_padding, **kw)
     assert t.shape == x.shape
     np.testing.assert_allclose(jnp.vdot(R.conv2d(x, w, **kw), y), jnp.vdot(x, t), rtol=1e-12)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, r: m.conv2d(r((2, 4, 4, 3)), r((3, 3, 3, 2)), r((2,)), padding=1),
+    lambda m, r: m.conv_transpose2d(r((2, 4, 4, 3)), r((3, 3, 2, 3)), r((2,)), stride=2),
+    lambda m, r: m.dense(r((2, 3, 5)), r((5, 4)), r((4,))),
+    lambda m, r: m.batch_norm(r((2, 3, 3, 4)), r((4,)), r((4,))),
+], ids=["conv2d", "conv_transpose2d", "dense", "batch_norm"])
+def test_per_channel_broadcasts_are_explicit(call, rng):
+    """conftest sets jax_numpy_rank_promotion='raise': a bias added as `y + b` would raise."""
+    y = call(R, lambda s: jnp.asarray(rng.standard_normal(s)))
+    assert bool(jnp.all(jnp.isfinite(y)))
