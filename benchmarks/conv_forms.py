@@ -1,8 +1,8 @@
 """Formulations of a stride-1 convolution on this backend, timed interleaved: XLA's
 `conv_general_dilated` (what jcnn and autodiff both emit) against im2col (patches + one matmul, the patches from
 `conv_general_dilated_patches` or stacked shifted slices)
-and a sum of kh*kw shifted slices (one small matmul, or a broadcast multiply when C == 1, per
-tap). The shapes are the LeNet convs (forward, and conv2's input gradient, which is a conv of
+a sum of kh*kw shifted slices (one small matmul, or a broadcast multiply when C == 1, per
+tap), and XLA's conv with its output channels padded past 16 (`pad17`). The shapes are the LeNet convs (forward, and conv2's input gradient, which is a conv of
 the cotangent with the flipped kernel) and the ResNet-8 3x3 convs.
 
     python benchmarks/conv_forms.py [--batch-sizes 128 512] [--repeats 40] [--dtype float32]
@@ -63,7 +63,20 @@ def taps(x, w):
     return sum(v * wt[t, 0] if c == 1 else v @ wt[t] for t, v in enumerate(_shifted(x, kh, kw)))
 
 
-FORMS = {"xla": xla, "im2col": im2col, "stacked": stacked, "taps": taps}
+# jaxlib 0.10.2's CPU backend hands a convolution to YNNPACK only when max(C, O) > 16
+# (xla/backends/cpu/ynn_support.cc: smaller ones "probably" cost more in overhead) and runs the
+# rest through its older Eigen path, which is 2-6x slower on the LeNet shapes.
+YNN_MIN_FEATURES = 17
+
+
+def pad17(x, w):
+    """XLA's conv with zero filters appended up to 17 output channels, then sliced off."""
+    o = w.shape[-1]
+    extra = max(0, YNN_MIN_FEATURES - max(o, w.shape[2]))
+    return xla(x, jnp.pad(w, ((0, 0), (0, 0), (0, 0), (0, extra))))[..., :o]
+
+
+FORMS = {"xla": xla, "im2col": im2col, "stacked": stacked, "taps": taps, "pad17": pad17}
 
 
 def main() -> None:
