@@ -1,0 +1,238 @@
+"""Layers as pairs of pure functions, composed like `stax.serial`.
+
+Every layer is a `Layer(init, apply, name, layers)`:
+
+    init(key, input_shape) -> (params, state)
+    apply(params, state, x, *, train, key=None) -> (y, new_state)
+
+`params` are what the optimiser trains, `state` what the layer carries between calls (batch-norm
+running statistics); both are plain dicts of arrays, so `jax.tree_util`, optax and
+`jcnn.checkpoint` take them as they are. `train` picks batch statistics and dropout; `key` is
+needed only by a training-mode dropout. `input_shape` includes the batch axis: `(N, H, W, C)`.
+`init` is traceable: `jax.jit(model.init, static_argnums=1)` draws every param in one compiled
+call instead of one small computation per array.
+
+Every constructor takes `ops`, the namespace whose functions compute the layer: `jcnn` (the
+hand-derived gradients, the default) or `jcnn.reference` (the autodiff twins). The choice only
+changes how gradients are computed: `init` is the same, so the same key gives the same params.
+
+    model = serial(conv2d(8, 3, padding=1), relu(), flatten(), dense(10))
+    params, state = model.init(key, (32, 8, 8, 1))
+    logits, state = model.apply(params, state, images, train=True, key=dropout_key)
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+import jcnn
+from jcnn._args import pair
+
+Params = dict
+State = dict
+Shape = tuple[int, ...]
+_he_normal = jax.nn.initializers.he_normal()
+
+
+class Layer(NamedTuple):
+    init: Callable[[jax.Array, Shape], tuple[Params, State]]
+    apply: Callable[..., tuple[jax.Array, State]]  # (params, state, x, *, train, key=None)
+    name: str
+    layers: tuple = ()  # the sub-layers of a combinator (`serial`, `residual`), in call order
+
+
+def output_shape(layer: Layer, params: Params, state: State, input_shape: Shape) -> Shape:
+    """The shape `layer.apply` returns for an input of `input_shape`, traced without running."""
+    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    y = jax.eval_shape(lambda p, s, x: layer.apply(p, s, x, train=False)[0], params, state, x)
+    return tuple(y.shape)
+
+
+def _stateless(name: str, fn: Callable[[jax.Array], jax.Array]) -> Layer:
+    """A layer without params or state: `y = fn(x)`, the same in training and evaluation."""
+    def init(key, input_shape):
+        return {}, {}
+
+    def apply(params, state, x, *, train, key=None):
+        return fn(x), state
+    return Layer(init, apply, name)
+
+
+def conv2d(out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, groups: int = 1,
+           bias: bool = True, ops: ModuleType = jcnn) -> Layer:
+    """2-D convolution, NHWC in and out. params: `w` (kh, kw, C // groups, out_channels), HWIO,
+    He-normal; `b` (out_channels,), zeros. `stride`/`padding`/`dilation` as in `jcnn.conv2d`."""
+    kh, kw = pair(kernel_size, "kernel_size", "conv2d layer")
+
+    def init(key, input_shape):
+        channels = input_shape[-1]
+        if channels % groups:
+            raise ValueError(f"conv2d layer: groups={groups} does not divide the input's "
+                             f"{channels} channels (input shape {tuple(input_shape)})")
+        params = {"w": _he_normal(key, (kh, kw, channels // groups, out_channels), jnp.float32)}
+        if bias:
+            params["b"] = jnp.zeros((out_channels,), jnp.float32)
+        return params, {}
+
+    def apply(params, state, x, *, train, key=None):
+        y = ops.conv2d(x, params["w"], params.get("b"), stride=stride, padding=padding,
+                       dilation=dilation, groups=groups)
+        return y, state
+    return Layer(init, apply, "conv2d")
+
+
+def dense(out_features: int, *, bias: bool = True, ops: ModuleType = jcnn) -> Layer:
+    """Fully connected, `(..., in_features) -> (..., out_features)`. params: `w`
+    (in_features, out_features), He-normal; `b` (out_features,), zeros."""
+    def init(key, input_shape):
+        params = {"w": _he_normal(key, (input_shape[-1], out_features), jnp.float32)}
+        if bias:
+            params["b"] = jnp.zeros((out_features,), jnp.float32)
+        return params, {}
+
+    def apply(params, state, x, *, train, key=None):
+        return ops.dense(x, params["w"], params.get("b")), state
+    return Layer(init, apply, "dense")
+
+
+def relu(*, ops: ModuleType = jcnn) -> Layer:
+    return _stateless("relu", lambda x: ops.relu(x))
+
+
+def leaky_relu(negative_slope: float = 0.01, *, ops: ModuleType = jcnn) -> Layer:
+    return _stateless("leaky_relu", lambda x: ops.leaky_relu(x, negative_slope))
+
+
+def gelu(approximate: bool = True, *, ops: ModuleType = jcnn) -> Layer:
+    return _stateless("gelu", lambda x: ops.gelu(x, approximate))
+
+
+def sigmoid(*, ops: ModuleType = jcnn) -> Layer:
+    return _stateless("sigmoid", lambda x: ops.sigmoid(x))
+
+
+def tanh(*, ops: ModuleType = jcnn) -> Layer:
+    return _stateless("tanh", lambda x: ops.tanh(x))
+
+
+def max_pool2d(window, stride=None, padding=0, *, ops: ModuleType = jcnn) -> Layer:
+    """`(N, H, W, C) -> (N, H', W', C)`, the maximum of each window; `stride=None` is `window`."""
+    return _stateless("max_pool2d", lambda x: ops.max_pool2d(x, window, stride, padding))
+
+
+def avg_pool2d(window, stride=None, padding=0, count_include_pad: bool = True, *,
+               ops: ModuleType = jcnn) -> Layer:
+    """`(N, H, W, C) -> (N, H', W', C)`, the mean of each window; `stride=None` is `window`."""
+    return _stateless("avg_pool2d",
+                      lambda x: ops.avg_pool2d(x, window, stride, padding, count_include_pad))
+
+
+def global_avg_pool2d(*, ops: ModuleType = jcnn) -> Layer:
+    """`(N, H, W, C) -> (N, C)`."""
+    return _stateless("global_avg_pool2d", lambda x: ops.global_avg_pool2d(x))
+
+
+def flatten(*, ops: ModuleType = jcnn) -> Layer:
+    """`(N, ...) -> (N, prod(...))`."""
+    return _stateless("flatten", lambda x: ops.flatten(x))
+
+
+def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5, ops: ModuleType = jcnn) -> Layer:
+    """Batch normalisation over every axis but the last (channels).
+
+    params: `scale` (C,) ones, `bias` (C,) zeros. state: running `mean` (C,) and `var` (C,),
+    which keep their dtype (float32 from `init`) whatever the compute dtype. Training
+    normalises with the batch statistics through `ops.batch_norm` (whose gradient flows
+    through them too) and updates
+    `running = momentum * running + (1 - momentum) * batch`, the variance unbiased as in
+    PyTorch; evaluation is the affine map `(x - mean) / sqrt(var + eps) * scale + bias`.
+    """
+    def init(key, input_shape):
+        c = input_shape[-1]
+        ones, zeros = jnp.ones((c,), jnp.float32), jnp.zeros((c,), jnp.float32)
+        return {"scale": ones, "bias": zeros}, {"mean": zeros, "var": ones}
+
+    def apply(params, state, x, *, train, key=None):
+        if not train:
+            per_channel = (1,) * (x.ndim - 1) + (-1,)  # explicit: no implicit rank promotion
+            inv = lax.rsqrt(state["var"] + eps) * params["scale"]
+            shift = params["bias"] - state["mean"] * inv
+            inv, shift = (v.astype(x.dtype).reshape(per_channel) for v in (inv, shift))
+            return x * inv + shift, state
+        y = ops.batch_norm(x, params["scale"], params["bias"], eps=eps)
+        axes = tuple(range(x.ndim - 1))
+        stats = lax.stop_gradient(x).astype(state["mean"].dtype)
+        n = stats.size // stats.shape[-1]
+        mean, var = jnp.mean(stats, axis=axes), jnp.var(stats, axis=axes) * (n / max(n - 1, 1))
+        new_state = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
+                     "var": momentum * state["var"] + (1 - momentum) * var}
+        return y, new_state
+    return Layer(init, apply, "batch_norm")
+
+
+def dropout(rate: float, *, ops: ModuleType = jcnn) -> Layer:
+    """Inverted dropout in training (`key` required), the identity in evaluation."""
+    def init(key, input_shape):
+        return {}, {}
+
+    def apply(params, state, x, *, train, key=None):
+        if not train:
+            return x, state
+        if key is None:
+            raise ValueError("dropout layer: training mode needs a PRNG key; pass "
+                             "apply(..., train=True, key=key)")
+        return ops.dropout(x, rate, key), state
+    return Layer(init, apply, "dropout")
+
+
+def _split(key: Optional[jax.Array], n: int) -> list:
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def serial(*layers: Layer) -> Layer:
+    """The layers one after another. params and state are dicts keyed `"{i}_{name}"`
+    (`"0_conv2d"`, `"1_relu"`, ...) holding each layer's own dicts; `layers` keeps them."""
+    names = [f"{i}_{layer.name}" for i, layer in enumerate(layers)]
+
+    def init(key, input_shape):
+        params, state, shape = {}, {}, tuple(input_shape)
+        for name, layer, k in zip(names, layers, _split(key, len(layers))):
+            params[name], state[name] = layer.init(k, shape)
+            shape = output_shape(layer, params[name], state[name], shape)
+        return params, state
+
+    def apply(params, state, x, *, train, key=None):
+        new_state = {}
+        for name, layer, k in zip(names, layers, _split(key, len(layers))):
+            x, new_state[name] = layer.apply(params[name], state[name], x, train=train, key=k)
+        return x, new_state
+    return Layer(init, apply, "serial", tuple(layers))
+
+
+def residual(body: Layer, shortcut: Optional[Layer] = None) -> Layer:
+    """`y = body(x) + shortcut(x)` (`shortcut` defaults to the identity). params and state are
+    `{"body": ..., "shortcut": ...}`; the sum is plain `+`, whose gradient needs no rule."""
+    branches = (body,) if shortcut is None else (body, shortcut)
+    names = ("body", "shortcut")[:len(branches)]
+
+    def init(key, input_shape):
+        keys = _split(key, len(branches))
+        both = {name: b.init(k, input_shape) for name, b, k in zip(names, branches, keys)}
+        return {n: ps[0] for n, ps in both.items()}, {n: ps[1] for n, ps in both.items()}
+
+    def apply(params, state, x, *, train, key=None):
+        new_state, outs = {}, []
+        for name, b, k in zip(names, branches, _split(key, len(branches))):
+            y, new_state[name] = b.apply(params[name], state[name], x, train=train, key=k)
+            outs.append(y)
+        return outs[0] + (x if shortcut is None else outs[1]), new_state
+    return Layer(init, apply, "residual", branches)
+
+
+__all__ = ["Layer", "output_shape", "conv2d", "dense", "relu", "leaky_relu", "gelu", "sigmoid",
+           "tanh", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "flatten", "batch_norm",
+           "dropout", "serial", "residual"]
