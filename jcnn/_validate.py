@@ -192,7 +192,8 @@ def labels_check(logits, labels, op: str = "softmax_cross_entropy") -> None:
         raise ValueError(f"{op}: labels must have shape logits.shape[:-1] = "
                          f"{tuple(np.shape(logits)[:-1])}, got {tuple(np.shape(labels))}")
     if not isinstance(labels, jax.core.Tracer) and np.size(labels):
-        lo, hi, classes = int(np.min(labels)), int(np.max(labels)), np.shape(logits)[-1]
+        values = np.asarray(labels)  # numpy's min: jnp's would be staged under a jit trace
+        lo, hi, classes = int(values.min()), int(values.max()), np.shape(logits)[-1]
         if lo < 0 or hi >= classes:
             raise ValueError(f"{op}: labels must lie in [0, {classes}) for {classes} classes, "
                              f"got values in [{lo}, {hi}]")

@@ -1,0 +1,128 @@
+"""Element-wise activations with hand-derived backward rules.
+
+Each rule saves the least its backward needs: ReLU and leaky ReLU a boolean mask (one byte an
+element), sigmoid and tanh their output (their derivatives are functions of it), GELU its input.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jcnn._validate import float_check
+
+Array = jax.Array
+
+
+def relu(x: Array) -> Array:
+    """max(x, 0), any shape. dx = g where x > 0, else 0 (0 at x == 0, as jax.nn.relu)."""
+    float_check(x, "relu")
+    return _leaky(0.0, x)
+
+
+def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
+    """x where x > 0, else negative_slope * x. dx = g where x > 0, else negative_slope * g."""
+    float_check(x, "leaky_relu")
+    return _leaky(float(negative_slope), x)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _leaky(slope: float, x: Array) -> Array:
+    return jnp.where(x > 0, x, slope * x)
+
+
+def _leaky_fwd(slope, x):
+    return _leaky(slope, x), x > 0  # a bool mask, not x: a quarter of float32's bytes
+
+
+def _leaky_bwd(slope, positive, g):
+    return (jnp.where(positive, g, slope * g),)
+
+
+_leaky.defvjp(_leaky_fwd, _leaky_bwd)
+
+
+def sigmoid(x: Array) -> Array:
+    """1 / (1 + exp(-x)), computed without overflow. dx = g * y * (1 - y), y the output."""
+    float_check(x, "sigmoid")
+    return _sigmoid(x)
+
+
+@jax.custom_vjp
+def _sigmoid(x: Array) -> Array:
+    return lax.logistic(x)
+
+
+def _sigmoid_fwd(x):
+    y = _sigmoid(x)
+    return y, y
+
+
+def _sigmoid_bwd(y, g):
+    return (g * y * (1 - y),)
+
+
+_sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
+
+
+def tanh(x: Array) -> Array:
+    """tanh(x). dx = g * (1 - y^2), y the output."""
+    float_check(x, "tanh")
+    return _tanh(x)
+
+
+@jax.custom_vjp
+def _tanh(x: Array) -> Array:
+    return jnp.tanh(x)
+
+
+def _tanh_fwd(x):
+    y = _tanh(x)
+    return y, y
+
+
+def _tanh_bwd(y, g):
+    return (g * (1 - y * y),)
+
+
+_tanh.defvjp(_tanh_fwd, _tanh_bwd)
+
+
+def gelu(x: Array, approximate: bool = True) -> Array:
+    """x * Phi(x), Phi the standard normal CDF; approximate=True uses
+    Phi(x) ~ (1 + tanh(c (x + a x^3))) / 2 with c = sqrt(2/pi), a = 0.044715.
+
+    exact:       dx = g * (Phi(x) + x phi(x)),  phi(x) = exp(-x^2/2) / sqrt(2 pi)
+    approximate: dx = g * (t' x + (1 + t) / 2) with t = tanh(u), u = c (x + a x^3),
+                 t' = (1 - t^2) c (1 + 3 a x^2) / 2
+    """
+    float_check(x, "gelu")
+    return _gelu(bool(approximate), x)
+
+
+_C, _A = 0.7978845608028654, 0.044715  # sqrt(2/pi), the cubic coefficient
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gelu(approximate: bool, x: Array) -> Array:
+    if approximate:
+        return 0.5 * x * (1 + jnp.tanh(_C * (x + _A * x ** 3)))
+    return 0.5 * x * (1 + lax.erf(x * 0.7071067811865476))
+
+
+def _gelu_fwd(approximate, x):
+    return _gelu(approximate, x), x  # the derivative needs x itself, not just y
+
+
+def _gelu_bwd(approximate, x, g):
+    if approximate:
+        t = jnp.tanh(_C * (x + _A * x ** 3))
+        return (g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _C * (1 + 3 * _A * x * x)),)
+    cdf = 0.5 * (1 + lax.erf(x * 0.7071067811865476))
+    pdf = jnp.exp(-0.5 * x * x) * 0.3989422804014327
+    return (g * (cdf + x * pdf),)
+
+
+_gelu.defvjp(_gelu_fwd, _gelu_bwd)

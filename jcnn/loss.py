@@ -1,0 +1,72 @@
+"""log-softmax and softmax cross-entropy over the last axis.
+
+log_softmax: y = x - logsumexp(x). With p = softmax(x) = exp(y):
+    dx = G - p * sum(G)                       (sum over the class axis)
+softmax_cross_entropy: L = -(1/N) sum_n y[n, label_n], N the number of labels:
+    dlogits = (p - onehot(labels)) * G / N
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jcnn._validate import float_check, labels_check
+
+Array = jax.Array
+
+
+def _log_softmax(x: Array) -> Array:
+    shifted = x - lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))  # no overflow in exp
+    return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+
+
+def log_softmax(x: Array) -> Array:
+    """x (..., classes) -> log-probabilities of the same shape."""
+    float_check(x, "log_softmax")
+    return _log_softmax_op(x)
+
+
+@jax.custom_vjp
+def _log_softmax_op(x: Array) -> Array:
+    return _log_softmax(x)
+
+
+def _log_softmax_fwd(x):
+    y = _log_softmax(x)
+    return y, y  # p = exp(y): saving y alone serves both
+
+
+def _log_softmax_bwd(y, g):
+    return (g - jnp.exp(y) * jnp.sum(g, axis=-1, keepdims=True),)
+
+
+_log_softmax_op.defvjp(_log_softmax_fwd, _log_softmax_bwd)
+
+
+def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
+    """logits (..., classes) float, labels (...) int class ids -> the mean negative
+    log-likelihood over the labels, a scalar in the logits' dtype."""
+    labels_check(logits, labels)
+    return _xent(logits, labels)
+
+
+@jax.custom_vjp
+def _xent(logits: Array, labels: Array) -> Array:
+    return _xent_fwd(logits, labels)[0]
+
+
+def _xent_fwd(logits, labels):
+    y = _log_softmax(logits)
+    loss = -jnp.mean(jnp.take_along_axis(y, labels[..., None], axis=-1))
+    return loss, (y, labels)
+
+
+def _xent_bwd(res, g):
+    y, labels = res
+    onehot = labels[..., None] == lax.broadcasted_iota(labels.dtype, y.shape, y.ndim - 1)
+    n = labels.size
+    return (jnp.exp(y) - onehot.astype(y.dtype)) * (g / n).astype(y.dtype), None
+
+
+_xent.defvjp(_xent_fwd, _xent_bwd)
