@@ -1,0 +1,70 @@
+"""Dense, batch-norm and softmax cross-entropy by loops: each derivative written out term by
+term, in float64, sharing no code with the JAX rules."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def dense_backward(x, w, b, g):
+    """Y[m, o] = sum_i X[m, i] W[i, o] + b[o] (leading axes of x folded into m).
+    Returns (y, dx, dw, db)."""
+    x2 = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
+    g2 = np.asarray(g, np.float64).reshape(-1, np.shape(g)[-1])
+    w = np.asarray(w, np.float64)
+    m, n_in, n_out = x2.shape[0], w.shape[0], w.shape[1]
+    y, dx, dw = np.zeros((m, n_out)), np.zeros_like(x2), np.zeros_like(w)
+    for r in range(m):
+        for o in range(n_out):
+            y[r, o] = sum(x2[r, i] * w[i, o] for i in range(n_in)) + (0 if b is None else b[o])
+            for i in range(n_in):
+                dx[r, i] += g2[r, o] * w[i, o]  # dY[r,o]/dX[r,i] = W[i,o]
+                dw[i, o] += g2[r, o] * x2[r, i]  # dY[r,o]/dW[i,o] = X[r,i], summed over rows
+    db = None if b is None else g2.sum(axis=0)
+    return y.reshape(*np.shape(x)[:-1], n_out), dx.reshape(np.shape(x)), dw, db
+
+
+def batch_norm_backward(x, scale, bias, g, eps=1e-5):
+    """Training-mode batch norm of each channel over its M elements, and its exact backward
+    derived through the mean and the variance step by step. Returns (y, dx, dscale, dbias)."""
+    x = np.asarray(x, np.float64)
+    c = x.shape[-1]
+    xs, gs = x.reshape(-1, c), np.asarray(g, np.float64).reshape(-1, c)
+    m = xs.shape[0]
+    y, dx = np.zeros_like(xs), np.zeros_like(xs)
+    dscale, dbias = np.zeros(c), np.zeros(c)
+    for ch in range(c):
+        mu = sum(xs[:, ch]) / m
+        var = sum((v - mu) ** 2 for v in xs[:, ch]) / m
+        r = 1 / math.sqrt(var + eps)
+        xhat = [(v - mu) * r for v in xs[:, ch]]
+        for k in range(m):
+            y[k, ch] = xhat[k] * scale[ch] + bias[ch]
+            dbias[ch] += gs[k, ch]
+            dscale[ch] += gs[k, ch] * xhat[k]
+        d_xhat = [gs[k, ch] * scale[ch] for k in range(m)]  # dL/dxhat_k
+        # var = mean((x - mu)^2): dL/dvar = sum_k dL/dxhat_k * (x_k - mu) * (-1/2) (var+eps)^(-3/2)
+        d_var = sum(d_xhat[k] * (xs[k, ch] - mu) for k in range(m)) * -0.5 * r ** 3
+        # mu enters xhat directly and through var (whose mu-derivative, mean(-2(x - mu)), is 0)
+        d_mu = -r * sum(d_xhat)
+        for k in range(m):
+            dx[k, ch] = d_xhat[k] * r + d_var * 2 * (xs[k, ch] - mu) / m + d_mu / m
+    return y.reshape(x.shape), dx.reshape(x.shape), dscale, dbias
+
+
+def softmax_cross_entropy_backward(logits, labels, g=1.0):
+    """L = -(1/N) sum_n log softmax(logits[n])[labels[n]] over the N label positions.
+    Returns (loss, dlogits) with dlogits[n, k] = g (p[n, k] - [k == labels[n]]) / N."""
+    z = np.asarray(logits, np.float64)
+    k = z.shape[-1]
+    zs, ls = z.reshape(-1, k), np.asarray(labels).reshape(-1)
+    n = zs.shape[0]
+    loss, d = 0.0, np.zeros_like(zs)
+    for r in range(n):
+        top = max(zs[r])
+        total = sum(math.exp(v - top) for v in zs[r])
+        loss -= (zs[r, ls[r]] - top - math.log(total)) / n
+        for j in range(k):
+            d[r, j] = g * (math.exp(zs[r, j] - top) / total - (j == ls[r])) / n
+    return loss, d.reshape(z.shape)

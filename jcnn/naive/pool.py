@@ -1,0 +1,56 @@
+"""Pooling by loops: every window visited, every gradient routed by hand."""
+from __future__ import annotations
+
+import numpy as np
+
+from jcnn._validate import pool_config, pool_out_hw
+
+
+def _setup(x, window, stride, padding, op):
+    x = np.asarray(x, np.float64)
+    cfg = pool_config(x, window, stride, padding, op)
+    return x, cfg, pool_out_hw(x.shape, cfg)
+
+
+def _window(cfg, y, xo):
+    """The input coordinates (p, q) of window (y, xo), row-major, padding included."""
+    (top, _), (left, _) = cfg.pads
+    for i in range(cfg.window[0]):
+        for j in range(cfg.window[1]):
+            yield y * cfg.stride[0] + i - top, xo * cfg.stride[1] + j - left
+
+
+def max_pool2d_backward(x, g, window, stride=None, padding=0):
+    """(y, dx): y the max of each window (padding -inf); each window's gradient goes to the
+    first element, in row-major window order, that equals its max."""
+    x, cfg, (oh, ow) = _setup(x, window, stride, padding, "max_pool2d")
+    n, h, w, c = x.shape
+    y, dx = np.full((n, oh, ow, c), -np.inf), np.zeros_like(x)
+    for b in range(n):
+        for ch in range(c):
+            for r in range(oh):
+                for col in range(ow):
+                    best = None
+                    for p, q in _window(cfg, r, col):
+                        inside = 0 <= p < h and 0 <= q < w
+                        value = x[b, p, q, ch] if inside else -np.inf
+                        if best is None or value > y[b, r, col, ch]:  # strictly greater: first wins
+                            y[b, r, col, ch], best = value, (p, q) if inside else None
+                    if best is not None:
+                        dx[b, best[0], best[1], ch] += g[b, r, col, ch]
+    return y, dx
+
+
+def avg_pool2d_backward(x, g, window, stride=None, padding=0, count_include_pad=True):
+    """(y, dx): y the mean of each window; each element of a window receives g / divisor."""
+    x, cfg, (oh, ow) = _setup(x, window, stride, padding, "avg_pool2d")
+    n, h, w, c = x.shape
+    y, dx = np.zeros((n, oh, ow, c)), np.zeros_like(x)
+    for r in range(oh):
+        for col in range(ow):
+            cells = [(p, q) for p, q in _window(cfg, r, col) if 0 <= p < h and 0 <= q < w]
+            divisor = cfg.window[0] * cfg.window[1] if count_include_pad else len(cells)
+            for p, q in cells:
+                y[:, r, col, :] += x[:, p, q, :] / divisor
+                dx[:, p, q, :] += g[:, r, col, :] / divisor
+    return y, dx

@@ -1,0 +1,232 @@
+"""`jcnn verify`: every op's hand-derived gradients over a grid of configurations, compared with
+autodiff of `jcnn.reference`, central finite differences (float64), the Taylor-remainder test
+and the NumPy loops of `jcnn.naive`. Prints one line per case; exits 1 on any mismatch.
+
+Each case is checked by `jcnn.check_vjp` (autodiff, finite differences, Taylor) and, where
+`jcnn.naive` has the op, by the loops for the same random output cotangent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jcnn
+from jcnn import naive, reference
+from jcnn.check import check_vjp
+
+NAIVE_RTOL = {"float64": 1e-9, "float32": 2e-4}
+
+
+class Case(NamedTuple):
+    op: str
+    config: str  # what the table shows
+    shapes: tuple  # shapes of the float arguments, in order
+    kwargs: dict
+    full_only: bool = False  # only with --full
+    extra: tuple = ()  # non-float trailing arguments, made by `_extra`
+
+
+def _conv(config, x, w, bias=True, full=False, **kw):
+    shapes = (x, w, (w[3],)) if bias else (x, w)
+    return Case("conv2d", config, shapes, kw, full)
+
+
+def _convt(config, x, w, bias=True, full=False, **kw):
+    shapes = (x, w, (w[2] * kw.get("groups", 1),)) if bias else (x, w)
+    return Case("conv_transpose2d", config, shapes, kw, full)
+
+
+# Kernel 2 with stride 2 and no padding is avoided for the autodiff comparison: jaxlib 0.10.2's
+# CPU compiler aborts the process on autodiff of that lhs-dilated conv (tests/test_conv.py
+# checks jcnn's own rule there against the loops and finite differences, in a subprocess).
+CASES = [
+    _conv("3x3 s1 p1", (2, 5, 5, 3), (3, 3, 3, 4), padding=1),
+    _conv("3x2 s2 SAME, odd", (2, 7, 5, 2), (3, 2, 2, 3), stride=2, padding="SAME"),
+    _conv("3x3 s3, rows unreached", (1, 8, 7, 2), (3, 3, 2, 2), bias=False, stride=3),
+    _conv("asym pads, dil 2", (2, 7, 6, 2), (2, 3, 2, 3), padding=((1, 0), (2, 1)), dilation=2),
+    _conv("groups 2", (2, 5, 4, 4), (3, 3, 2, 6), padding=1, groups=2),
+    _conv("depthwise", (1, 6, 6, 3), (3, 3, 1, 3), stride=2, padding=1, groups=3),
+    _conv("1x1", (2, 3, 4, 5), (1, 1, 5, 2)),
+    _conv("kernel = padded input", (1, 3, 4, 2), (5, 6, 2, 3), padding=1),
+    _conv("VALID, s (1,2), dil (2,1)", (2, 9, 9, 2), (3, 3, 2, 2), stride=(1, 2),
+          dilation=(2, 1), padding="VALID", full=True),
+    _conv("SAME s2 dil 2, groups 2", (1, 9, 8, 4), (3, 3, 2, 4), stride=2, padding="SAME",
+          dilation=2, groups=2, full=True),
+    _convt("3x3 s2 p1 op1", (2, 3, 4, 3), (3, 3, 2, 3), stride=2, padding=1, output_padding=1),
+    _convt("groups 2, dil 2", (1, 4, 3, 4), (3, 2, 3, 4), padding=(1, 0), dilation=2, groups=2),
+    _convt("s3 asym pads", (2, 3, 3, 2), (3, 3, 2, 2), bias=False, stride=3,
+           padding=((1, 0), (0, 2)), output_padding=(2, 1)),
+    _convt("1x1 s1", (2, 3, 3, 4), (1, 1, 3, 4), full=True),
+    Case("max_pool2d", "2x2 s2", ((2, 6, 6, 3),), {"window": 2}),
+    Case("max_pool2d", "3x3 s2 p1, overlapping", ((2, 7, 7, 2),), {"window": 3, "stride": 2, "padding": 1}),
+    Case("max_pool2d", "2x3 s(1,2) SAME", ((1, 5, 7, 2),), {"window": (2, 3), "stride": (1, 2), "padding": "SAME"}),
+    Case("max_pool2d", "3x3 s3, rows unreached", ((2, 8, 7, 1),), {"window": 3, "stride": 3}, True),
+    Case("avg_pool2d", "2x2 s2", ((2, 6, 6, 3),), {"window": 2}),
+    Case("avg_pool2d", "3x3 s2 p1, count pad", ((2, 7, 7, 2),), {"window": 3, "stride": 2, "padding": 1}),
+    Case("avg_pool2d", "3x3 s2 p1, exclude pad", ((2, 7, 7, 2),), {"window": 3, "stride": 2, "padding": 1, "count_include_pad": False}),
+    Case("avg_pool2d", "2x3 asym pads", ((1, 5, 6, 2),), {"window": (2, 3), "padding": ((1, 0), (0, 2))}, True),
+    Case("global_avg_pool2d", "", ((2, 4, 5, 3),), {}),
+    Case("dense", "(4, 5) -> 3", ((4, 5), (5, 3), (3,)), {}),
+    Case("dense", "(2, 3, 2, 5) -> 3, no bias", ((2, 3, 2, 5), (5, 3)), {}, True),
+    Case("relu", "", ((3, 7),), {}),
+    Case("leaky_relu", "slope 0.1", ((3, 7),), {"negative_slope": 0.1}),
+    Case("sigmoid", "", ((3, 7),), {}),
+    Case("tanh", "", ((3, 7),), {}),
+    Case("gelu", "tanh approximation", ((3, 7),), {"approximate": True}),
+    Case("gelu", "exact (erf)", ((3, 7),), {"approximate": False}),
+    Case("batch_norm", "(8, 5)", ((8, 5), (5,), (5,)), {}),
+    Case("batch_norm", "(3, 4, 4, 2)", ((3, 4, 4, 2), (2,), (2,)), {}),
+    Case("dropout", "rate 0.3", ((4, 6),), {"rate": 0.3}, extra=("key",)),
+    Case("log_softmax", "", ((4, 6),), {}),
+    Case("softmax_cross_entropy", "(5, 4)", ((5, 4),), {}, extra=("labels",)),
+    Case("softmax_cross_entropy", "(2, 3, 4)", ((2, 3, 4),), {}, True, extra=("labels",)),
+    Case("flatten", "(2, 3, 2, 2)", ((2, 3, 2, 2),), {}),
+]
+
+
+class Result(NamedTuple):
+    op: str
+    config: str
+    autodiff: Optional[float]  # worst relative error of the cotangents vs autodiff
+    fd: Optional[float]  # worst relative error vs central finite differences
+    naive: Optional[float]  # worst relative error vs jcnn.naive, None where it has no op
+    taylor: Optional[float]  # lowest measured convergence order (2 is right, 1 is wrong)
+    ok: bool
+    detail: str  # check_vjp's report where it failed
+
+
+def _args(case: Case, dtype, seed: int) -> tuple:
+    rng = np.random.default_rng(seed)
+    arrays = [jnp.asarray(rng.standard_normal(s), dtype) for s in case.shapes]
+    if case.op == "max_pool2d":  # distinct values well apart: no ties for finite differences
+        x = np.arange(np.prod(case.shapes[0]), dtype=np.float64)
+        arrays[0] = jnp.asarray(rng.permutation(x).reshape(case.shapes[0]) / x.size, dtype)
+    for extra in case.extra:
+        if extra == "key":
+            arrays.append(jax.random.key(seed))
+        else:
+            arrays.append(jnp.asarray(rng.integers(0, case.shapes[0][-1], case.shapes[0][:-1]),
+                                      jnp.int32))
+    return tuple(arrays)
+
+
+def _bound(module, case: Case) -> Callable:
+    op = getattr(module, case.op)
+    if case.op == "dropout":
+        return lambda x, key: op(x, case.kwargs["rate"], key)
+    return lambda *a: op(*a, **case.kwargs)
+
+
+def _naive_grads(case: Case, args: tuple, g: np.ndarray) -> Optional[tuple]:
+    """The loops' cotangents of the float arguments for output cotangent g, or None where
+    `jcnn.naive` has no such op."""
+    a = [np.asarray(v, np.float64) for v in args[:len(case.shapes)]]
+    kw = case.kwargs
+    if case.op in ("conv2d", "conv_transpose2d"):
+        return getattr(naive, case.op + "_backward")(a[0], a[1], g, **kw)[:len(a)]
+    if case.op in ("max_pool2d", "avg_pool2d"):
+        return getattr(naive, case.op + "_backward")(a[0], g, **kw)[1:]
+    if case.op == "dense":
+        return naive.dense_backward(a[0], a[1], a[2] if len(a) > 2 else None, g)[1:1 + len(a)]
+    if case.op == "batch_norm":
+        return naive.batch_norm_backward(*a, g)[1:]
+    if case.op == "softmax_cross_entropy":
+        return naive.softmax_cross_entropy_backward(a[0], np.asarray(args[1]), float(g))[1:]
+    return None
+
+
+def _rel(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    scale = max(float(np.abs(want).max(initial=0)), 1e-30)
+    return float(np.abs(got - want).max(initial=0)) / max(scale, 1.0)
+
+
+def _naive_error(case: Case, args: tuple, seed: int) -> Optional[float]:
+    floats = args[:len(case.shapes)]
+    y, pull = jax.vjp(lambda *f: _bound(jcnn, case)(*f, *args[len(floats):]), *floats)
+    g = np.random.default_rng(seed + 1).standard_normal(np.shape(y))
+    want = _naive_grads(case, args, g)
+    if want is None:
+        return None
+    got = pull(jnp.asarray(g, y.dtype))
+    return max(_rel(a, b) for a, b in zip(got, want))
+
+
+def _worst(report, check: str, field: str, pick=max) -> Optional[float]:
+    values = [getattr(r, field) for r in report.rows if r.check.rstrip("2") == check
+              and getattr(r, field) is not None]
+    return pick(values) if values else None
+
+
+def run_case(case: Case, dtype: str = "float64", order: int = 1, taylor: bool = False,
+             seed: int = 0) -> Result:
+    args = _args(case, jnp.dtype(dtype), seed)
+    report = check_vjp(_bound(jcnn, case), _bound(reference, case), *args, order=order,
+                       taylor_test=taylor, samples=1, seed=seed, raise_on_failure=False)
+    naive_err = _naive_error(case, args, seed)
+    naive_ok = naive_err is None or naive_err <= NAIVE_RTOL.get(dtype, 5e-2)
+    ok = report.ok and naive_ok
+    detail = "" if report.ok else str(report)
+    if not naive_ok:
+        detail += f"\n{case.op} {case.config}: jcnn.naive disagrees, relative error {naive_err:.2e}"
+    return Result(case.op, case.config, _worst(report, "vjp", "max_rel"),
+                  _worst(report, "fd", "max_rel"), naive_err,
+                  _worst(report, "taylor", "order", min), ok, detail.strip())
+
+
+def _fmt(value: Optional[float], spec: str = ".1e") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(results: list[Result]) -> str:
+    """One line per case, at most 100 columns."""
+    head = f"{'op':<22}{'config':<28}{'autodiff':>9}{'fin.diff':>9}{'naive':>9}{'taylor':>8}  pass"
+    lines = [head, "-" * len(head)]
+    for r in results:
+        lines.append(f"{r.op:<22}{r.config[:27]:<28}{_fmt(r.autodiff):>9}{_fmt(r.fd):>9}"
+                     f"{_fmt(r.naive):>9}{_fmt(r.taylor, '.2f'):>8}  {'ok' if r.ok else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--full", action="store_true", help="the whole grid, not the quick one")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                        help="float64 (default) adds finite differences at a tight tolerance")
+    parser.add_argument("--order", type=int, choices=(1, 2), default=1,
+                        help="2 also checks gradients of gradients (reverse over reverse)")
+    parser.add_argument("--taylor", action="store_true",
+                        help="add the Taylor-remainder test (order 2 = right, 1 = wrong)")
+    parser.add_argument("--op", action="append", metavar="NAME",
+                        help="only this op (repeatable), e.g. --op conv2d --op max_pool2d")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+
+
+def run(args) -> int:
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    known = sorted({c.op for c in CASES})
+    unknown = sorted(set(args.op or ()) - set(known))
+    if unknown:
+        print(f"jcnn verify: unknown op {', '.join(unknown)}; choose from {', '.join(known)}",
+              file=sys.stderr)
+        return 2
+    cases = [c for c in CASES if (args.full or not c.full_only) and (not args.op or c.op in args.op)]
+    results = []
+    for case in cases:
+        results.append(run_case(case, args.dtype, args.order, args.taylor))
+        print(table(results[-1:]).splitlines()[-1] if results[1:] else table(results), flush=True)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        print("\n" + r.detail)
+    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed "
+          f"({args.dtype}, order {args.order}{', taylor' if args.taylor else ''})")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump([r._asdict() for r in results], fh, indent=1)
+    return 1 if failed else 0
