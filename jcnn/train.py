@@ -1,0 +1,345 @@
+"""Training: the jit-compiled, data-parallel step, evaluation, and the `jcnn train` command.
+
+    model = jcnn.models.lenet(10)                       # ops=jcnn: hand-derived gradients
+    optimizer = optax.adam(1e-3)
+    ts = init_train_state(model, optimizer, jax.random.key(0), (batch, 8, 8, 1))
+    step = make_train_step(model, optimizer)
+    ts, loss = step(ts, *shard_batch((images, labels), data_mesh()))
+
+The gradient mode is the model's `ops`: with `jcnn` ops `jax.value_and_grad` runs the hand
+rules, with `jcnn.reference` ops the same call is JAX's own autodiff. Build the model and the
+step with the same `ops` (the step takes its loss from it).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from itertools import islice
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm import tqdm
+
+import jcnn
+from jcnn import models, reference
+from jcnn.checkpoint import load_checkpoint, read_config, save_checkpoint
+from jcnn.data import batches, load_dataset
+from jcnn.layers import Layer
+from jcnn.parallel import batch_sharded, check_batch_size, data_mesh, put, replicated, shard_batch
+
+
+class TrainState(NamedTuple):
+    params: dict
+    state: dict        # the model's state: batch-norm running statistics
+    opt_state: Any     # optax's state for `params`
+    step: jax.Array    # int32 (): optimiser steps taken
+    key: jax.Array     # uint32 (2,): raw PRNG key; step k draws dropout from fold_in(key, k)
+
+
+def init_train_state(model: Layer, optimizer: optax.GradientTransformation, key: jax.Array,
+                     input_shape: tuple[int, ...]) -> TrainState:
+    """Fresh params (float32) and state from `key` for inputs of `input_shape` (N, H, W, C)."""
+    init_key, step_key = jax.random.split(key)
+    params, state = jax.jit(model.init, static_argnums=1)(init_key, tuple(input_shape))
+    return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32),
+                      jax.random.key_data(step_key))
+
+
+def _forward(model: Layer, compute_dtype, params, state, x, *, train: bool, key=None):
+    """Logits in the dtype of `x` (the master dtype); with `compute_dtype` the params and `x`
+    are cast to it first, so the layers run in it and gradients come back in the master's."""
+    master = x.dtype
+    if compute_dtype is not None:
+        params = jax.tree_util.tree_map(lambda p: p.astype(compute_dtype), params)
+        x = x.astype(compute_dtype)
+    logits, state = model.apply(params, state, x, train=train, key=key)
+    return logits.astype(master), state
+
+
+def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
+                    ops: ModuleType = jcnn, compute_dtype=None, mesh=None
+                    ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
+    """`step(ts, images, labels) -> (ts, loss)`: one optimiser step on the mean
+    `ops.softmax_cross_entropy` of a batch, images (N, H, W, C) float, labels (N,) int.
+
+    jit-compiled with `ts` donated (its buffers are reused: do not touch the old `ts` after the
+    call). The batch is split across `mesh` (default: every device), `ts` is replicated.
+    `compute_dtype=jnp.bfloat16` runs the model in bfloat16 on float32 master params.
+    """
+    mesh = data_mesh() if mesh is None else mesh
+
+    def loss_fn(params, state, images, labels, key):
+        logits, state = _forward(model, compute_dtype, params, state, images, train=True, key=key)
+        return ops.softmax_cross_entropy(logits, labels), state
+
+    def step(ts: TrainState, images, labels):
+        key = jax.random.fold_in(jax.random.wrap_key_data(ts.key), ts.step)
+        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            ts.params, ts.state, images, labels, key)
+        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        params = optax.apply_updates(ts.params, updates)
+        return TrainState(params, state, opt_state, ts.step + 1, ts.key), loss
+
+    rep, data = replicated(mesh), batch_sharded(mesh)
+    return jax.jit(step, in_shardings=(rep, data, data), out_shardings=rep, donate_argnums=0)
+
+
+def make_eval_step(model: Layer, *, ops: ModuleType = jcnn, compute_dtype=None, mesh=None
+                   ) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """`eval_step(params, state, images, labels, mask) -> (loss_sum, correct)`: the
+    cross-entropy and the correct predictions summed over the batch weighted by `mask` (N,)
+    float (1 real, 0 padding), in evaluation mode (running statistics, no dropout)."""
+    mesh = data_mesh() if mesh is None else mesh
+
+    def eval_step(params, state, images, labels, mask):
+        logits, _ = _forward(model, compute_dtype, params, state, images, train=False)
+        nll = -jnp.take_along_axis(ops.log_softmax(logits), labels[:, None], axis=1)[:, 0]
+        correct = (jnp.argmax(logits, axis=1) == labels).astype(mask.dtype)
+        return jnp.sum(mask * nll), jnp.sum(mask * correct)
+
+    rep, data = replicated(mesh), batch_sharded(mesh)
+    return jax.jit(eval_step, in_shardings=(rep, rep, data, data, data), out_shardings=rep)
+
+
+def evaluate(eval_step, params, state, images: np.ndarray, labels: np.ndarray,
+             batch_size: int, mesh) -> tuple[float, float]:
+    """Mean loss and accuracy over every example exactly once: the last batch is padded to
+    `batch_size` and masked, so one compiled `eval_step` serves every batch."""
+    loss_sum, correct = 0.0, 0
+    for x, y, mask in batches(images, labels, batch_size, shuffle=False, remainder="pad"):
+        batch_loss, batch_correct = eval_step(params, state, *shard_batch((x, y, mask), mesh))
+        loss_sum, correct = loss_sum + float(batch_loss), correct + round(float(batch_correct))
+    return loss_sum / len(labels), correct / len(labels)
+
+
+# ---- the `jcnn train` command ------------------------------------------------------------
+
+MODELS = {"lenet": models.lenet,
+          "resnet8": functools.partial(models.resnet, depth=8),
+          "resnet20": functools.partial(models.resnet, depth=20)}
+OPTIMIZERS = {"sgd": optax.sgd,
+              "momentum": functools.partial(optax.sgd, momentum=0.9, nesterov=True),
+              "adam": optax.adam,
+              "adamw": optax.adamw}
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 1e-3, "adamw": 1e-3}
+GRADS = {"manual": jcnn, "autodiff": reference}
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+# What a run is: saved in each checkpoint, and what --resume restores.
+CONFIG_KEYS = ("data", "model", "batch_size", "optimizer", "lr", "seed", "dtype", "grad")
+CHECKPOINT = "checkpoint.npz"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", choices=["digits", "mnist", "fashion-mnist", "cifar10"],
+                        default="digits", help="dataset (default: the embedded 8x8 digits)")
+    parser.add_argument("--data-dir", help="directory holding the dataset's files")
+    parser.add_argument("--model", choices=sorted(MODELS), default="lenet")
+    parser.add_argument("--epochs", type=int, default=20,
+                        help="train until this many epochs are done (with --resume: in all)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="global batch, split across every device (a multiple of their count)")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
+    parser.add_argument("--lr", type=float, help="learning rate (default: " + ", ".join(
+        f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the init, shuffling, dropout")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="compute dtype; params stay float32")
+    parser.add_argument("--grad", choices=sorted(GRADS), default="manual",
+                        help="manual: jcnn's hand-derived rules; "
+                             "autodiff: jcnn.reference + jax.grad")
+    parser.add_argument("--out", type=Path, help="write metrics.jsonl, checkpoint.npz, "
+                        "curves.png and filters.png here")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz "
+                        "with its saved config (only --epochs and --data-dir are taken from here)")
+    parser.add_argument("--distributed", action="store_true",
+                        help="multi-host: call jax.distributed.initialize() first (Slurm, Open "
+                             "MPI and Cloud TPU are detected); run the same command on every host")
+
+
+class _Setup(NamedTuple):
+    """What a run needs besides its TrainState, built once from the config."""
+    config: dict
+    data: Any
+    mesh: Any
+    step: Callable       # compiled train step
+    eval_step: Callable  # compiled eval step
+
+
+def _config(args) -> dict:
+    if not args.resume:
+        config = {k: getattr(args, k) for k in CONFIG_KEYS}
+        config["lr"] = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
+        return config
+    if args.out is None or not (args.out / CHECKPOINT).exists():
+        raise SystemExit(f"jcnn train: --resume needs --out DIR holding {CHECKPOINT}")
+    return read_config(args.out / CHECKPOINT)
+
+
+def _setup(config: dict, data_dir: Optional[str], resume_from: Optional[Path]
+           ) -> tuple[_Setup, TrainState, np.ndarray]:
+    """Data, mesh, model, compiled steps, the TrainState (fresh or resumed, on the mesh) and
+    the initial first-layer kernel (for filters.png; the init is a function of the seed)."""
+    data = load_dataset(config["data"], data_dir)
+    mesh = data_mesh()
+    try:
+        check_batch_size(config["batch_size"], mesh)
+    except ValueError as e:
+        raise SystemExit(f"jcnn train: --batch-size {config['batch_size']}: {e}") from None
+    ops, compute_dtype = GRADS[config["grad"]], DTYPES[config["dtype"]]
+    model = MODELS[config["model"]](data.num_classes, ops=ops)
+    optimizer = OPTIMIZERS[config["optimizer"]](config["lr"])
+    batch = (config["batch_size"], *data.train_images.shape[1:])
+    ts = init_train_state(model, optimizer, jax.random.key(config["seed"]), batch)
+    before = _first_kernel(ts.params)
+    if resume_from is not None:
+        ts = load_checkpoint(resume_from, like=ts)
+    ts = put(ts, replicated(mesh))
+    spec = functools.partial(jax.ShapeDtypeStruct, sharding=batch_sharded(mesh))
+    x, y = spec(batch, data.train_images.dtype), spec(batch[:1], data.train_labels.dtype)
+    step = make_train_step(model, optimizer, ops=ops, compute_dtype=compute_dtype, mesh=mesh)
+    eval_step = make_eval_step(model, ops=ops, compute_dtype=compute_dtype, mesh=mesh)
+    mask = spec(batch[:1], np.float32)
+    # Compile ahead, so that epoch timings and throughput measure training only.
+    return (_Setup(config, data, mesh, step.lower(ts, x, y).compile(),
+                   eval_step.lower(ts.params, ts.state, x, y, mask).compile()), ts, before)
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops_between_steps():
+    """The first Ctrl-C only raises a flag that the loop checks after each step, so it can save
+    a consistent checkpoint (an interrupt inside a step could leave donated buffers behind);
+    a second Ctrl-C interrupts at once."""
+    hits = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+
+    def handler(signum, frame):
+        hits.append(signum)
+        signal.signal(signal.SIGINT, previous)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(hits)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _first_kernel(params) -> Optional[np.ndarray]:
+    """The first 4-D (HWIO) kernel in layer order (serial's keys begin with the index)."""
+    def order(item):
+        head = item[0].split("_", 1)[0]
+        return (int(head), "") if head.isdigit() else (math.inf, item[0])
+    if isinstance(params, dict):
+        for _, value in sorted(params.items(), key=order):
+            found = _first_kernel(value)
+            if found is not None:
+                return found
+        return None
+    return np.asarray(params) if np.ndim(params) == 4 else None
+
+
+def _train_epoch(setup: _Setup, ts: TrainState, epoch: int, epochs: int, interrupted):
+    """Steps through what is left of `epoch` (all of it unless resuming mid-epoch).
+    Returns (ts, losses, seconds, stop), stop being None, "interrupted" or "nan"."""
+    cfg, data = setup.config, setup.data
+    per_epoch = len(data.train_labels) // cfg["batch_size"]
+    done = int(ts.step) - epoch * per_epoch
+    losses, start = [], time.perf_counter()
+    bar = tqdm(total=per_epoch, initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
+               leave=False, disable=None)  # disable=None: no bar unless stderr is a terminal
+    train = batches(data.train_images, data.train_labels, cfg["batch_size"], seed=cfg["seed"],
+                    epoch=epoch, shuffle=True, remainder="drop")
+    with bar:
+        for x, y in islice(train, done, None):
+            ts, loss = setup.step(ts, *shard_batch((x, y), setup.mesh))
+            losses.append(float(loss))
+            if not math.isfinite(losses[-1]):
+                return ts, losses, time.perf_counter() - start, "nan"
+            rate = len(losses) * cfg["batch_size"] / (time.perf_counter() - start)
+            bar.update()
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.0f}")
+            if interrupted():
+                return ts, losses, time.perf_counter() - start, "interrupted"
+    return ts, losses, time.perf_counter() - start, None
+
+
+def _write_outputs(out: Path, before: np.ndarray, after: np.ndarray) -> None:
+    """curves.png from the whole metrics.jsonl (resumed runs included) and filters.png."""
+    from jcnn import plots  # only now: matplotlib is slow to import and needed only here
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    plots.plot_curves(records, out / "curves.png")
+    if before is not None:
+        plots.plot_filters(before, after, out / "filters.png")
+
+
+def run(args) -> int:
+    if args.distributed:
+        jax.distributed.initialize()  # before anything touches a device
+    config = _config(args)
+    resume_from = args.out / CHECKPOINT if args.resume else None
+    out = args.out if jax.process_index() == 0 else None  # one process writes the files
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+    start = time.perf_counter()
+    setup, ts, before = _setup(config, args.data_dir, resume_from)
+    data, bs = setup.data, config["batch_size"]
+    print(f"jcnn train: {config['model']} on {data.name} ({len(data.train_labels)} train, "
+          f"{len(data.test_labels)} test), {config['optimizer']} lr {config['lr']:g}, batch {bs} "
+          f"on {setup.mesh.size} {jax.devices()[0].platform} device(s), {config['dtype']}, "
+          f"{config['grad']} gradients; step {int(ts.step)}, ready in "
+          f"{time.perf_counter() - start:.1f}s", flush=True)
+
+    test = None
+    with _ctrl_c_stops_between_steps() as interrupted:
+        for epoch in range(int(ts.step) // (len(data.train_labels) // bs), args.epochs):
+            ts, losses, seconds, stop = _train_epoch(setup, ts, epoch, args.epochs, interrupted)
+            if stop == "nan":
+                last = out / CHECKPOINT if out and (out / CHECKPOINT).exists() else None
+                print(f"jcnn train: the loss is {losses[-1]} at step {int(ts.step)} (epoch "
+                      f"{epoch + 1}); stopping. Last good checkpoint: "
+                      f"{last or 'none (no epoch finished)'}. Try a lower --lr.", file=sys.stderr)
+                return 1
+            if stop == "interrupted":
+                if out is not None:
+                    save_checkpoint(out / CHECKPOINT, ts, config)
+                print(f"\njcnn train: interrupted at step {int(ts.step)}" + (
+                    f"; saved {out / CHECKPOINT}, continue with --resume" if out else ""),
+                    file=sys.stderr)
+                return 130
+            eval_start = time.perf_counter()
+            test = evaluate(setup.eval_step, ts.params, ts.state, data.test_images,
+                            data.test_labels, bs, setup.mesh)
+            record = {"epoch": epoch + 1, "step": int(ts.step),
+                      "train_loss": float(np.mean(losses)), "test_loss": test[0],
+                      "test_accuracy": test[1],
+                      "seconds": seconds + time.perf_counter() - eval_start,
+                      "images_per_second": len(losses) * bs / seconds}
+            print(f"epoch {epoch + 1:3d}/{args.epochs}  train_loss {record['train_loss']:.4f}  "
+                  f"test_loss {test[0]:.4f}  test_accuracy {test[1]:.2%}  "
+                  f"{record['seconds']:.1f}s  {record['images_per_second']:.0f} img/s", flush=True)
+            if out is not None:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                save_checkpoint(out / CHECKPOINT, ts, config)
+    if test is None:  # resumed a run that had already reached --epochs
+        test = evaluate(setup.eval_step, ts.params, ts.state, data.test_images, data.test_labels,
+                        bs, setup.mesh)
+    print(f"test accuracy {test[1]:.2%} ({round(test[1] * len(data.test_labels))}/"
+          f"{len(data.test_labels)}), {time.perf_counter() - start:.1f}s in all")
+    if out is not None:
+        _write_outputs(out, before, _first_kernel(ts.params))
+    return 0
