@@ -1,0 +1,308 @@
+"""conv2d and conv_transpose2d: the hand rules against autodiff of `jcnn.reference`, float64
+finite differences and the NumPy loops of `jcnn.naive`, over one table of configs per op; then
+second order, the adjoint identity, jit, vmap, low precision, random configs and the HLO.
+
+jaxlib 0.10.2 on CPU aborts the whole process on some transposed convolutions (XLA's operand
+swapper, "Window dimensions do not match RHS shape"), which `jax.grad` of the reference builds
+for configs marked `xla_aborts`. Those are checked against the loops and finite differences
+only, and XLA itself is probed for them in a child process.
+"""
+import subprocess
+import sys
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import assume, given, strategies as st
+
+import jcnn
+from jcnn import naive, reference
+from jcnn._validate import conv2d_config, conv_transpose2d_config
+from gradcheck import (assert_finite_differences, assert_matches_reference,
+                             assert_second_order_matches, tol)
+
+
+class Case(NamedTuple):
+    name: str
+    x: tuple  # NHWC
+    w: tuple  # HWIO: (kh, kw, C // groups, O) for conv2d, (kh, kw, O // groups, C) transposed
+    kw: dict
+    bias: bool = True
+    xla_aborts: bool = False  # the reference (its jax.grad, or for conv_transpose2d its forward)
+    #                           kills the process on jaxlib 0.10.2
+
+
+CONV2D = [
+    Case("3x3", (2, 5, 6, 3), (3, 3, 3, 4), {}),
+    Case("stride2-unreached-rows", (1, 6, 7, 2), (3, 2, 2, 3), dict(stride=2)),
+    Case("stride3-unreached-rows", (2, 9, 7, 1), (2, 3, 1, 2), dict(stride=3)),
+    Case("pad-int", (2, 4, 5, 2), (3, 3, 2, 3), dict(padding=1)),
+    Case("pad-pair", (1, 4, 5, 2), (3, 2, 2, 2), dict(padding=(2, 1))),
+    Case("pad-asym", (1, 5, 4, 2), (2, 3, 2, 3), dict(padding=((0, 2), (1, 0)))),
+    Case("pad-wider-than-kernel", (1, 3, 4, 1), (2, 2, 1, 2), dict(padding=3, stride=2)),
+    Case("same-odd-stride2", (1, 7, 5, 2), (3, 3, 2, 2), dict(stride=2, padding="SAME")),
+    Case("same-even-kernel", (1, 6, 5, 2), (2, 4, 2, 2), dict(padding="SAME")),
+    Case("valid", (1, 5, 6, 2), (3, 2, 2, 3), dict(padding="VALID")),
+    Case("dilation2", (1, 7, 6, 2), (3, 2, 2, 3), dict(dilation=2)),
+    Case("dilation-pair-stride3", (2, 8, 7, 2), (2, 3, 2, 2), dict(dilation=(2, 1), stride=(3, 2),
+                                                                   padding=1)),
+    Case("groups2", (1, 5, 5, 4), (3, 3, 2, 6), dict(groups=2)),
+    Case("depthwise", (2, 5, 4, 3), (3, 2, 1, 3), dict(groups=3, padding=1)),
+    Case("depthwise-multiplier2-stride2", (1, 5, 6, 3), (2, 3, 1, 6), dict(groups=3, stride=2)),
+    Case("1x1-stride2", (1, 5, 4, 2), (1, 1, 2, 3), dict(stride=2)),
+    Case("kernel-fills-padded-input", (1, 3, 4, 2), (5, 4, 2, 3), dict(padding=((1, 1), (0, 0)))),
+    Case("batch1-1channel", (1, 4, 5, 1), (2, 3, 1, 1), {}),
+    Case("no-bias", (2, 4, 4, 2), (3, 3, 2, 2), dict(stride=2), bias=False),
+    # autodiff's dx is the lax conv XLA aborts on: the cotangent (2, 4, 2, 3), this kernel,
+    # lhs_dilation (2, 1), padding ((0, 0), (2, 2)); conv_transpose2d's case below is that conv
+    Case("k2-s2-pad1-narrow", (2, 6, 4, 3), (2, 3, 3, 3),
+         dict(stride=(2, 1), padding=((1, 1), (0, 0))), xla_aborts=True),
+    Case("everything", (2, 7, 9, 4), (3, 2, 2, 6), dict(stride=(2, 3), padding=((1, 0), (2, 1)),
+                                                        dilation=(2, 1), groups=2)),
+]
+
+CONV_TRANSPOSE2D = [
+    Case("3x3", (2, 3, 4, 3), (3, 3, 2, 3), {}),
+    Case("stride2", (1, 3, 4, 2), (3, 3, 2, 2), dict(stride=2)),
+    Case("stride2-output-padding", (2, 3, 3, 2), (3, 2, 3, 2), dict(stride=2, output_padding=1)),
+    Case("stride3-output-padding-pair", (1, 2, 3, 2), (2, 3, 2, 2), dict(stride=3,
+                                                                         output_padding=(2, 1))),
+    Case("pad-asym", (1, 4, 3, 2), (3, 3, 2, 2), dict(padding=((1, 0), (0, 2)))),
+    Case("pad-pair-stride-pair", (2, 3, 4, 1), (3, 2, 2, 1), dict(stride=(2, 1), padding=(1, 0))),
+    Case("dilation2-output-padding-past-stride", (1, 3, 3, 2), (3, 2, 2, 2),
+         dict(dilation=2, output_padding=1)),
+    Case("groups2", (1, 3, 3, 4), (3, 3, 1, 4), dict(groups=2, stride=2, padding=1)),
+    Case("depthwise", (2, 3, 4, 3), (2, 2, 1, 3), dict(groups=3, stride=2)),
+    Case("1x1-stride2", (1, 3, 2, 2), (1, 1, 3, 2), dict(stride=2)),
+    Case("batch1-1channel", (1, 3, 4, 1), (2, 3, 1, 1), {}),
+    Case("no-bias", (2, 3, 3, 2), (2, 2, 2, 2), dict(stride=2), bias=False),
+    Case("k2-s2-pad1-narrow", (2, 4, 2, 3), (2, 3, 3, 3), dict(stride=(2, 1),
+                                                               padding=((1, 1), (0, 0))),
+         xla_aborts=True),
+    Case("everything", (2, 4, 3, 4), (3, 2, 3, 4), dict(stride=(2, 3), padding=((1, 0), (0, 1)),
+                                                        output_padding=(1, 2), dilation=(1, 2),
+                                                        groups=2)),
+]
+
+
+def _allow_bias_broadcast(ref):
+    """reference.py adds the bias as `y + b`, (N,H,W,O) + (O,), which conftest's
+    rank-promotion='raise' refuses; allow it for the twin only."""
+    def f(*args, **kw):
+        with jax.numpy_rank_promotion("allow"):
+            return ref(*args, **kw)
+    return f
+
+
+# op name -> (hand-ruled op, autodiff twin, loop forward, loop backward)
+OPS = {
+    "conv2d": (jcnn.conv2d, _allow_bias_broadcast(reference.conv2d), naive.conv2d,
+               naive.conv2d_backward),
+    "conv_transpose2d": (jcnn.conv_transpose2d, _allow_bias_broadcast(reference.conv_transpose2d),
+                         naive.conv_transpose2d, naive.conv_transpose2d_backward),
+}
+TABLES = {"conv2d": CONV2D, "conv_transpose2d": CONV_TRANSPOSE2D}
+
+
+def params(keep=lambda c: True, names=None):
+    return [pytest.param(op, c, id=f"{op}-{c.name}") for op, table in TABLES.items()
+            for c in table if keep(c) and (names is None or c.name in names)]
+
+
+def build(op, c, rng, dtype=jnp.float64):
+    """(f of (x, w, b), its twin, args, argnums) for case `c`."""
+    fn, ref, _, _ = OPS[op]
+    out_channels = c.w[3] if op == "conv2d" else c.w[2] * c.kw.get("groups", 1)
+    x, w = (jnp.asarray(rng.standard_normal(s), dtype) for s in (c.x, c.w))
+    b = jnp.asarray(rng.standard_normal(out_channels), dtype) if c.bias else None
+    return (lambda x, w, b: fn(x, w, b, **c.kw), lambda x, w, b: ref(x, w, b, **c.kw),
+            [x, w, b], (0, 1, 2) if c.bias else (0, 1))
+
+
+@pytest.mark.parametrize("op, c", params(keep=lambda c: not c.xla_aborts))
+def test_matches_autodiff_of_the_reference(op, c, rng):
+    f, ref, args, argnums = build(op, c, rng)
+    assert_matches_reference(f, ref, args, argnums)
+
+
+@pytest.mark.parametrize("op, c", params())
+def test_matches_finite_differences(op, c, rng):
+    f, _, args, argnums = build(op, c, rng)
+    assert_finite_differences(f, args, argnums)
+
+
+def assert_matches_loops(op, x, w, b, kw, rng):
+    fn, _, loop_fwd, loop_bwd = OPS[op]
+    y, pull = jax.vjp(lambda x, w, b: fn(x, w, b, **kw), x, w, b)
+    np.testing.assert_allclose(y, loop_fwd(x, w, b, **kw), rtol=1e-10, atol=1e-10)
+    g = jnp.asarray(rng.standard_normal(y.shape), y.dtype)
+    for name, got, want in zip(("dx", "dw", "db"), pull(g), loop_bwd(x, w, g, **kw)):
+        if got is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize("op, c", params())
+def test_matches_naive_loops(op, c, rng):
+    _, _, (x, w, b), _ = build(op, c, rng)
+    assert_matches_loops(op, x, w, b, c.kw, rng)
+
+
+SECOND_ORDER = {"stride2-unreached-rows", "same-odd-stride2", "stride2-output-padding", "depthwise",
+                "everything"}
+
+
+@pytest.mark.parametrize("op, c", params(names=SECOND_ORDER))
+def test_second_order_matches_reference(op, c, rng):
+    f, ref, args, argnums = build(op, c, rng)
+    assert_second_order_matches(f, ref, args, argnums)
+
+
+@pytest.mark.parametrize("op, c", params(keep=lambda c: c.xla_aborts))
+def test_second_order_finite_differences_where_autodiff_aborts(op, c, rng):
+    f, _, args, argnums = build(op, c, rng)
+    assert_finite_differences(f, args, argnums, order=2)
+
+
+ADJOINT = {"stride2-unreached-rows", "stride3-unreached-rows", "pad-asym", "pad-wider-than-kernel",
+           "same-odd-stride2", "dilation-pair-stride3", "depthwise-multiplier2-stride2",
+           "kernel-fills-padded-input", "k2-s2-pad1-narrow", "everything"}
+
+
+@pytest.mark.parametrize("c", [pytest.param(c, id=c.name) for c in CONV2D if c.name in ADJOINT])
+def test_conv_transpose2d_is_the_adjoint_of_conv2d(c, rng):
+    """<conv2d(x, w), y> = <x, conv_transpose2d(y, w)>, with the output_padding that gives back
+    x's shape: the rows the stride leaves unreached."""
+    x, w = rng.standard_normal(c.x), rng.standard_normal(c.w)
+    cfg = conv2d_config(x, w, None, c.kw.get("stride", 1), c.kw.get("padding", 0),
+                        c.kw.get("dilation", 1), c.kw.get("groups", 1))
+    y = rng.standard_normal(jcnn.conv2d(x, w, **c.kw).shape)
+    unreached = [(n + lo + hi - d * (k - 1) - 1) % s for n, k, s, d, (lo, hi) in
+                 zip(c.x[1:3], c.w[:2], cfg.stride, cfg.dilation, cfg.pads)]
+    t = jcnn.conv_transpose2d(y, w, stride=cfg.stride, padding=cfg.pads, dilation=cfg.dilation,
+                              groups=cfg.groups, output_padding=tuple(unreached))
+    assert t.shape == x.shape
+    np.testing.assert_allclose(jnp.vdot(jcnn.conv2d(x, w, **c.kw), y), jnp.vdot(x, t),
+                               rtol=1e-12)
+
+
+JIT_VMAP = {"stride2-unreached-rows", "k2-s2-pad1-narrow", "everything"}
+
+
+@pytest.mark.parametrize("op, c", params(names=JIT_VMAP))
+def test_jit_agrees_with_eager(op, c, rng):
+    f, _, args, argnums = build(op, c, rng)
+    loss = lambda *a: jnp.sum(jnp.sin(f(*a)))  # noqa: E731 (a non-linear loss: g varies)
+    grad = jax.grad(loss, argnums=argnums)
+    for got, want in zip(jax.jit(grad)(*args), grad(*args)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(jax.jit(f)(*args), f(*args), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("op, c", params(names=JIT_VMAP))
+def test_vmap_and_vmap_of_grad_agree_with_a_loop(op, c, rng):
+    f, _, (x, w, b), argnums = build(op, c, rng)
+    xs, ws = jnp.stack([x, -2 * x, x ** 2]), jnp.stack([w, w[::-1], 3 * w])
+    np.testing.assert_allclose(jax.vmap(f, (0, None, None))(xs, w, b),
+                               jnp.stack([f(x_, w, b) for x_ in xs]), rtol=1e-12, atol=1e-12)
+    # per-example gradients, both x and w batched
+    grad = jax.grad(lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=argnums)
+    batched = jax.jit(jax.vmap(grad, (0, 0, None)))(xs, ws, b)
+    for i in range(len(xs)):
+        for got, want in zip(batched, grad(xs[i], ws[i], b)):
+            np.testing.assert_allclose(got[i], want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("op, c", params(names={"everything"}))
+def test_low_precision_matches_float64(op, c, dtype, rng):
+    """The same (rounded) inputs in float64 and in `dtype`: the result and cotangents come
+    back in `dtype`, within that dtype's tolerance of the float64 ones."""
+    f, _, args, argnums = build(op, c, rng, dtype)
+    wide = [None if a is None else a.astype(jnp.float64) for a in args]
+    y, pull = jax.vjp(f, *args)
+    y64, pull64 = jax.vjp(f, *wide)
+    g = jnp.asarray(rng.standard_normal(y.shape), dtype)
+    assert y.dtype == dtype
+    np.testing.assert_allclose(np.asarray(y, np.float64), y64,
+                               atol=tol(dtype) * float(jnp.abs(y64).max()))
+    for i, got, want in zip(argnums, pull(g), pull64(g.astype(jnp.float64))):
+        assert got.dtype == dtype, f"cotangent {i} is {got.dtype}"
+        np.testing.assert_allclose(np.asarray(got, np.float64), want,
+                                   atol=tol(dtype) * float(jnp.abs(want).max()), err_msg=str(i))
+
+
+@st.composite
+def random_configs(draw):
+    """A valid conv2d or conv_transpose2d call: (op, x shape, w shape, kwargs)."""
+    def pair(lo, hi):
+        return draw(st.tuples(st.integers(lo, hi), st.integers(lo, hi)))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    c_in, c_out = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
+    k, s, d = pair(1, 3), pair(1, 3), pair(1, 2)
+    pads = (pair(0, 2), pair(0, 2))
+    kw = dict(stride=s, padding=pads, dilation=d, groups=groups)
+    if draw(st.booleans()):
+        # at least the dilated kernel, less the padding, so the output is not empty
+        hw = tuple(max(1, dd * (kk - 1) + 1 - sum(p)) + draw(st.integers(0, 3))
+                   for kk, dd, p in zip(k, d, pads))
+        x, w = (draw(st.integers(1, 2)), *hw, c_in), (*k, c_in // groups, c_out)
+        return "conv2d", x, w, kw
+    kw["output_padding"] = tuple(draw(st.integers(0, max(ss, dd) - 1)) for ss, dd in zip(s, d))
+    x, w = (draw(st.integers(1, 2)), *pair(1, 4), c_in), (*k, c_out // groups, c_in)
+    try:
+        conv_transpose2d_config(np.empty(x), np.empty(w), None, **kw)
+    except ValueError:
+        assume(False)
+    return "conv_transpose2d", x, w, kw
+
+
+@given(random_configs(), st.integers(0, 2 ** 32 - 1))
+def test_random_configs_match_naive_loops(config, seed):
+    op, x_shape, w_shape, kw = config
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[3] if op == "conv2d" else w_shape[2] * kw["groups"])
+    assert_matches_loops(op, x, w, b, kw, rng)
+
+
+PROBE = """
+import sys
+import jax, numpy as np
+jax.config.update("jax_enable_x64", True)
+from jcnn import reference
+x, w = np.load(sys.argv[1]), np.load(sys.argv[2])
+y, pull = jax.vjp(lambda x, w: reference.{op}(x, w, **{kw}), x, w)
+dx, dw = pull(np.ones(y.shape))
+np.save(sys.argv[3], np.concatenate([np.ravel(y), np.ravel(dx), np.ravel(dw)]))
+"""
+
+
+@pytest.mark.parametrize("op, c", params(keep=lambda c: c.xla_aborts))
+def test_xla_autodiff_of_the_reference_is_probed_in_a_child_process(op, c, rng, tmp_path):
+    """Documents the jaxlib bug the hand rules step round. If a jaxlib can compute it, the
+    reference must agree with the hand rule; if it aborts, it must be that bug."""
+    x, w = rng.standard_normal(c.x), rng.standard_normal(c.w)
+    paths = [tmp_path / name for name in ("x.npy", "w.npy", "out.npy")]
+    np.save(paths[0], x), np.save(paths[1], w)
+    child = subprocess.run([sys.executable, "-c", PROBE.format(op=op, kw=c.kw), *map(str, paths)],
+                           capture_output=True, text=True, timeout=300)
+    if child.returncode != 0:
+        assert "Window dimensions do not match RHS shape" in child.stderr, child.stderr[-2000:]
+        return
+    y, pull = jax.vjp(lambda x, w: OPS[op][0](x, w, **c.kw), x, w)
+    want = np.concatenate([np.ravel(a) for a in (y, *pull(jnp.ones(y.shape)))])
+    np.testing.assert_allclose(np.load(paths[2]), want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("op, c", params(names={"everything"}))
+def test_forward_and_backward_compile_to_three_convolutions_and_no_scatter(op, c, rng):
+    """The compiled forward + backward: one convolution each for y, dx and dw, and no
+    scatter, gather or select_and_scatter."""
+    f, _, args, argnums = build(op, c, rng)
+    hlo = jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) ** 2), argnums=argnums)).lower(*args)
+    text = hlo.as_text()
+    assert text.count("stablehlo.convolution") == 3, text
+    for word in ("scatter", "gather", "select_and_scatter"):
+        assert word not in text
