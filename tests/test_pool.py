@@ -1,0 +1,165 @@
+"""Pooling: each config three ways (autodiff of jcnn.reference, float64 finite differences,
+the NumPy loops), both max-pool backward formulations, ties, -inf padding, second order, jit,
+vmap, dtypes, and the compiled backward free of scatter."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import jcnn
+from jcnn import naive, pool, reference
+from jcnn._validate import pool_config
+from gradcheck import (assert_finite_differences, assert_matches_reference,
+                       assert_second_order_matches)
+
+CONFIGS = [  # (id, x shape, kwargs)
+    ("2x2", (2, 6, 6, 3), dict(window=2)),
+    ("3x3-s2-p1-overlap", (2, 7, 7, 2), dict(window=3, stride=2, padding=1)),
+    ("2x3-s(1,2)-SAME-odd", (1, 5, 7, 2), dict(window=(2, 3), stride=(1, 2), padding="SAME")),
+    ("3x3-s3-rows-unreached", (2, 8, 7, 1), dict(window=3, stride=3)),
+    ("2x3-asym-pads", (1, 5, 6, 2), dict(window=(2, 3), padding=((1, 0), (0, 2)))),
+    ("window-as-padded-input", (1, 4, 4, 1), dict(window=6, stride=1, padding=1)),
+    ("1x1-s2-VALID", (1, 5, 4, 2), dict(window=1, stride=2, padding="VALID")),
+    ("batch1-channel1-s1", (1, 5, 5, 1), dict(window=2, stride=1)),
+]
+IDS = [c[0] for c in CONFIGS]
+
+
+def distinct(shape, seed=0):
+    """Values 1/size apart, so no ties and finite differences never cross a kink."""
+    n = int(np.prod(shape))
+    return jnp.asarray(np.random.default_rng(seed).permutation(n).reshape(shape) / n)
+
+
+def max_with(method, kwargs):
+    def f(x):
+        cfg = pool_config(x, kwargs["window"], kwargs.get("stride"), kwargs.get("padding", 0), "t")
+        return pool._max_pool(cfg, method, x)
+    return f
+
+
+@pytest.mark.parametrize("method", ["argmax", "mask"])
+@pytest.mark.parametrize("_, shape, kwargs", CONFIGS, ids=IDS)
+def test_max_pool_three_ways(method, _, shape, kwargs):
+    x = distinct(shape)
+    f, ref = max_with(method, kwargs), lambda x: reference.max_pool2d(x, **kwargs)
+    assert_matches_reference(f, ref, (x,), (0,))
+    assert_finite_differences(f, (x,), (0,))
+    g = np.random.default_rng(1).standard_normal(ref(x).shape)
+    y_loops, dx_loops = naive.max_pool2d_backward(x, g, **kwargs)
+    y, pull = jax.vjp(f, x)
+    np.testing.assert_allclose(y, y_loops, rtol=1e-12)
+    np.testing.assert_allclose(pull(jnp.asarray(g))[0], dx_loops, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["argmax", "mask"])
+@pytest.mark.parametrize("_, shape, kwargs", CONFIGS[:3], ids=IDS[:3])
+def test_max_pool_second_order(method, _, shape, kwargs):
+    f, ref = max_with(method, kwargs), lambda x: reference.max_pool2d(x, **kwargs)
+    assert_second_order_matches(f, ref, (distinct(shape),), (0,))
+
+
+@pytest.mark.parametrize("method", ["argmax", "mask"])
+@pytest.mark.parametrize("x", [
+    jnp.zeros((1, 4, 4, 2)),  # all-equal windows: ReLU's zeros
+    jnp.asarray(np.random.default_rng(0).integers(0, 2, (2, 6, 6, 1)), jnp.float64),
+], ids=["all-equal", "0-1-ties"])
+def test_ties_go_to_the_first_maximum_once(method, x):
+    kwargs = dict(window=3, stride=2, padding=1)
+    f = max_with(method, kwargs)
+    dx = jax.grad(lambda x: jnp.sum(f(x)))(x)
+    _, dx_loops = naive.max_pool2d_backward(x, np.ones(f(x).shape), **kwargs)
+    np.testing.assert_array_equal(dx, dx_loops)
+    np.testing.assert_array_equal(dx, jax.grad(lambda x: jnp.sum(reference.max_pool2d(x, **kwargs)))(x))
+    assert float(jnp.sum(dx)) == f(x).size  # each window's gradient lands exactly once
+
+
+def test_windows_reaching_into_minus_inf_padding():
+    x = -distinct((1, 3, 3, 1)) - 5.0  # all negative: padding must lose to every real value
+    for method in ("argmax", "mask"):
+        y = max_with(method, dict(window=2, stride=1, padding=1))(x)
+        assert bool(jnp.all(jnp.isfinite(y)))
+        assert_matches_reference(max_with(method, dict(window=2, stride=1, padding=1)),
+                                 lambda x: reference.max_pool2d(x, 2, 1, 1), (x,), (0,))
+
+
+def test_argmax_residual_is_an_int8_index():
+    x = distinct((2, 6, 6, 3)).astype(jnp.float32)
+    cfg = pool_config(x, 3, 2, 1, "t")
+    _, (index, shape) = pool._max_pool_fwd(cfg, "argmax", x)
+    assert index.dtype == jnp.int8 and index.shape == (2, 3, 3, 3) and shape == x.shape
+    assert pool._index_dtype(128) == jnp.int16
+
+
+@pytest.mark.parametrize("method", ["argmax", "mask"])
+def test_compiled_backward_has_no_scatter(method):
+    f = max_with(method, dict(window=3, stride=2, padding=1))
+    hlo = jax.jit(jax.grad(lambda x: jnp.sum(f(x)))).lower(distinct((2, 7, 7, 2))).compile().as_text()
+    assert re.search(r" pad\(", hlo)  # the placement is strided pads
+    assert not re.search(r"(select-and-)?scatter\(", hlo)  # an instruction, not a name
+
+
+def test_default_method_per_backend():
+    assert pool.default_method() == ("argmax" if jax.default_backend() == "cpu" else "mask")
+
+
+@pytest.mark.parametrize("include", [True, False], ids=["count-pad", "exclude-pad"])
+@pytest.mark.parametrize("_, shape, kwargs", [c for c in CONFIGS if c[0] != "window-as-padded-input"],
+                         ids=[i for i in IDS if i != "window-as-padded-input"])
+def test_avg_pool_three_ways(include, _, shape, kwargs):
+    x = distinct(shape)
+    f = lambda x: jcnn.avg_pool2d(x, **kwargs, count_include_pad=include)
+    ref = lambda x: reference.avg_pool2d(x, **kwargs, count_include_pad=include)
+    assert_matches_reference(f, ref, (x,), (0,))
+    assert_second_order_matches(f, ref, (x,), (0,))
+    assert_finite_differences(f, (x,), (0,))
+    g = np.random.default_rng(2).standard_normal(ref(x).shape)
+    y_loops, dx_loops = naive.avg_pool2d_backward(x, g, **kwargs, count_include_pad=include)
+    np.testing.assert_allclose(f(x), y_loops, rtol=1e-12)
+    np.testing.assert_allclose(jax.vjp(f, x)[1](jnp.asarray(g))[0], dx_loops, rtol=1e-12, atol=1e-15)
+
+
+def test_global_avg_pool():
+    x = distinct((2, 3, 4, 5))
+    assert_matches_reference(jcnn.global_avg_pool2d, reference.global_avg_pool2d, (x,), (0,))
+    assert_second_order_matches(jcnn.global_avg_pool2d, reference.global_avg_pool2d, (x,), (0,))
+    assert_finite_differences(jcnn.global_avg_pool2d, (x,), (0,))
+
+
+@pytest.mark.parametrize("op", [lambda x: jcnn.max_pool2d(x, 2), lambda x: jcnn.avg_pool2d(x, 3, 1, 1),
+                                jcnn.global_avg_pool2d], ids=["max", "avg", "global"])
+def test_jit_vmap_and_vmap_of_grad(op):
+    xs = distinct((3, 2, 4, 4, 2))
+    loss = lambda x: jnp.sum(op(x) ** 2)
+    np.testing.assert_allclose(jax.jit(op)(xs[0]), op(xs[0]))
+    np.testing.assert_allclose(jax.vmap(op)(xs), jnp.stack([op(x) for x in xs]))
+    np.testing.assert_allclose(jax.vmap(jax.grad(loss))(xs), jnp.stack([jax.grad(loss)(x) for x in xs]))
+
+
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2), (jnp.float16, 1e-3)])
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+def test_low_precision_matches_float64(dtype, rtol, op):
+    x = distinct((2, 6, 6, 2))
+    g = jnp.asarray(np.random.default_rng(3).standard_normal((2, 3, 3, 2)))
+    f = lambda x: getattr(jcnn, op)(x, 3, 2, 1)
+    dx_low = jax.vjp(f, x.astype(dtype))[1](g.astype(dtype))[0]
+    assert dx_low.dtype == dtype
+    np.testing.assert_allclose(np.asarray(dx_low, np.float64), jax.vjp(f, x)[1](g)[0],
+                               rtol=rtol, atol=4 * rtol * float(jnp.abs(g).max()))
+
+
+@given(h=st.integers(1, 7), w=st.integers(1, 7), kh=st.integers(1, 3), kw=st.integers(1, 3),
+       sh=st.integers(1, 3), sw=st.integers(1, 3), top=st.integers(0, 2), left=st.integers(0, 2),
+       method=st.sampled_from(["argmax", "mask"]))
+def test_random_configs_match_the_loops(h, w, kh, kw, sh, sw, top, left, method):
+    kwargs = dict(window=(kh, kw), stride=(sh, sw), padding=((top, 0), (left, 1)))
+    if kh > h + top or kw > w + left + 1:
+        return  # an invalid config: the window does not fit (validation is tested elsewhere)
+    x = distinct((1, h, w, 2))
+    f = max_with(method, kwargs)
+    g = np.random.default_rng(4).standard_normal(f(x).shape)
+    _, dx_loops = naive.max_pool2d_backward(x, g, **kwargs)
+    np.testing.assert_allclose(jax.vjp(f, x)[1](jnp.asarray(g))[0], dx_loops, atol=1e-12)
