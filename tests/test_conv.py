@@ -2,10 +2,10 @@
 finite differences and the NumPy loops of `jcnn.naive`, over one table of configs per op; then
 second order, the adjoint identity, jit, vmap, low precision, random configs and the HLO.
 
-jaxlib 0.10.2 on CPU aborts the whole process on some transposed convolutions (XLA's operand
-swapper, "Window dimensions do not match RHS shape"), which `jax.grad` of the reference builds
-for configs marked `xla_aborts`. Those are checked against the loops and finite differences
-only, and XLA itself is probed for them in a child process.
+jaxlib 0.10.2 on CPU aborts the whole process on some input-dilated convolutions (XLA's operand
+swapper, "Window dimensions do not match RHS shape"), which `jax.grad` of reference.conv2d and
+reference.conv_transpose2d itself build for the configs marked `xla_aborts`. Those are checked
+against the loops and finite differences only, and XLA itself is probed in a child process.
 """
 import subprocess
 import sys
@@ -21,7 +21,7 @@ import jcnn
 from jcnn import naive, reference
 from jcnn._validate import conv2d_config, conv_transpose2d_config
 from gradcheck import (assert_finite_differences, assert_matches_reference,
-                             assert_second_order_matches, tol)
+                       assert_second_order_matches, tol)
 
 
 class Case(NamedTuple):
@@ -30,8 +30,9 @@ class Case(NamedTuple):
     w: tuple  # HWIO: (kh, kw, C // groups, O) for conv2d, (kh, kw, O // groups, C) transposed
     kw: dict
     bias: bool = True
-    xla_aborts: bool = False  # the reference (its jax.grad, or for conv_transpose2d its forward)
-    #                           kills the process on jaxlib 0.10.2
+    # the reference (its jax.grad; for conv_transpose2d its forward) kills the process on
+    # jaxlib 0.10.2, so it is compared with the loops and finite differences only
+    xla_aborts: bool = False
 
 
 CONV2D = [
