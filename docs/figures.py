@@ -259,13 +259,14 @@ def fig_maxpool_routing(path: Path) -> None:
         _grid_axes(ax, x, f"X with the {k}x{k} windows, stride {s};\n*: each window's first "
                           "maximum (row-major order)")
         _numbers(ax, x)
-        for (a, b), colour in zip(np.ndindex(*g.shape), COLOURS):
-            inset = 0.06 * (a * g.shape[1] + b) if s < k else 0.04
+        for index, ((a, b), colour) in enumerate(zip(np.ndindex(*g.shape), COLOURS)):
+            inset = 0.06 + 0.08 * index if s < k else 0.06  # overlapping outlines stay apart
             ax.add_patch(Rectangle((b * s - 0.5 + inset, a * s - 0.5 + inset), k - 2 * inset,
                                    k - 2 * inset, fill=False, edgecolor=colour, linewidth=2.5))
             patch = x[a * s:a * s + k, b * s:b * s + k]
             r, c = np.unravel_index(np.argmax(patch), patch.shape)
-            ax.text(b * s + c + 0.28, a * s + r - 0.28, "*", color=colour, fontsize=16,
+            shift = -0.3 + 0.2 * (index % 4)  # windows sharing a maximum: stars side by side
+            ax.text(b * s + c + shift, a * s + r - 0.3, "*", color=colour, fontsize=16,
                     ha="center", va="center", fontweight="bold")
             ties = np.argwhere(patch == patch.max())
             if len(ties) > 1 and row == 0:
