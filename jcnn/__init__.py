@@ -5,6 +5,7 @@ Layouts: activations NHWC, conv kernels HWIO, dense weights (in_features, out_fe
 """
 from jcnn import reference
 from jcnn.activation import gelu, leaky_relu, relu, sigmoid, tanh
+from jcnn.check import CheckFailed, check_vjp
 from jcnn.conv import conv2d, conv_transpose2d
 from jcnn.dense import dense, flatten
 from jcnn.dropout import dropout
@@ -30,4 +31,6 @@ __all__ = [
     "dropout",
     "log_softmax",
     "softmax_cross_entropy",
+    "check_vjp",
+    "CheckFailed",
 ]

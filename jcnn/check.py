@@ -1,0 +1,255 @@
+"""`check_vjp`: is a hand-written `jax.custom_vjp` rule the gradient of its forward?
+
+Three oracles, each argument by argument:
+
+* the reference: `jax.vjp` of an autodiff twin (e.g. the `jcnn.reference` op) on the same
+  arguments, for random output cotangents, or (`jacobian=True`) for every basis cotangent;
+* central finite differences of f's own forward along a random direction (float32, float64);
+* the Taylor-remainder test of f's own forward: no step to tune, a measured convergence order.
+
+Rows that fail say where: the argument, the worst element and the two values there, which
+elements are off (the border, a row, a column, a channel, ties, zeros, scattered, everywhere)
+and, for small arrays, an ASCII map of the 2-D slice through the worst element.
+"""
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jcnn._check_report import Report, Row
+from jcnn._check_rows import (KINK, KINK_NOTE, MAX_JACOBIAN_ENTRIES, Call, Precision, Stop,
+                              cotangent_rows, jacobian_rows, oracle_rows, output_rows,
+                              output_scalar, random_like, refuse_large_jacobian,
+                              second_order_rows, stacked_vjps)
+
+__all__ = ["check_vjp", "CheckFailed", "Report", "Row", "PRECISION", "MAX_JACOBIAN_ENTRIES"]
+
+
+def _sweep(top: float, bottom: float, per_decade: int) -> tuple[float, ...]:
+    return tuple(float(h) for h in np.logspace(top, bottom, (top - bottom) * per_decade + 1))
+
+
+PRECISION = {
+    "float64": Precision(1e-9, 1e-6, 1e-6, _sweep(-1, -6, 2)),
+    "float32": Precision(2e-4, 1e-3, 1e-2, _sweep(-1, -3, 4)),
+    "float16": Precision(1e-2, None, None, ()),
+    "bfloat16": Precision(5e-2, None, None, ()),
+}
+
+FORWARD_MODE = """\
+check_vjp: forward mode (jax.jvp, jax.jacfwd) cannot be checked: a jax.custom_vjp rule \
+defines reverse mode only, and JAX refuses to differentiate it forwards. For curvature, use \
+reverse over reverse, which the rule does support and order=2 checks:
+    loss = lambda x: jnp.vdot(ct, f(x))                   # any scalar of f's output
+    grad = jax.grad(loss)                                 # reverse: runs the custom rule
+    hvp = lambda x, v: jax.grad(lambda x: jnp.vdot(grad(x), v))(x)   # Hessian times v"""
+
+
+class CheckFailed(AssertionError):
+    """A comparison failed; `.report` is the full `Report`, `str(error)` its table."""
+
+    def __init__(self, report: Report):
+        super().__init__(str(report))
+        self.report = report
+
+
+def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int = 1,
+              rtol: Optional[float] = None, atol: Optional[float] = None,
+              argnums: Optional[Sequence[int]] = None, samples: int = 2,
+              jacobian: bool = False, taylor_test: bool = True, mode: str = "rev",
+              seed: int = 0, raise_on_failure: bool = True) -> Report:
+    """Check f's custom backward rules against `reference`, finite differences and a Taylor test.
+
+    Args:
+      f: the function under test, usually a `jax.custom_vjp` (or calls one); returns an array
+        or a pytree of floating arrays.
+      reference: a function with f's signature whose gradient is trusted (autodiff of plain
+        `jax.numpy`, e.g. the `jcnn.reference` twin); None skips the reference comparisons.
+      *args: arrays (JAX or NumPy). Floating ones are differentiated; integer, bool and
+        PRNG-key arrays (labels, masks, keys) are held fixed and listed as skipped, and so are
+        Python scalars (static configuration, such as a dropout rate). Bind anything else
+        (strings, None, tuples) with a lambda or `functools.partial`.
+      order: 2 also checks the gradient of the gradient (reverse over reverse).
+      rtol, atol: tolerance of the reference comparisons (default: rtol from the table, atol 0).
+      argnums: the positions to differentiate (default: every floating argument).
+      samples: how many random output cotangents to compare.
+      jacobian: also compare the full Jacobian, one basis cotangent per output element; for
+        small inputs (at most `MAX_JACOBIAN_ENTRIES` entries, else ValueError).
+      taylor_test: run the Taylor-remainder test (float32/float64).
+      mode: "rev". "fwd" raises ValueError: custom_vjp rules have no forward mode (the message
+        gives the reverse-over-reverse recipe: loss -> grad -> jax.grad of <grad, v>).
+      seed: seeds the cotangents and directions (NumPy), so a failure reproduces.
+      raise_on_failure: raise `CheckFailed` (an AssertionError) when any row fails.
+
+    Returns:
+      A `Report`: `.ok`, `.rows` (check, argument, max_abs, max_rel, tol, order, note, where,
+      picture), `.failures`, `.to_dict()`; `str(report)` is a table.
+
+    What is compared, for output cotangents :math:`c` (random, or every basis vector) and
+    :math:`\\bar{x}_i = \\mathrm{vjp}(f)(c)_i`, the hand-ruled cotangent of argument i:
+
+    .. math::
+        \\max |\\bar{x}_i^{f} - \\bar{x}_i^{ref}| \\le \\mathrm{atol} + \\mathrm{rtol}\\,
+        \\max(|\\bar{x}_i^{f}|, |\\bar{x}_i^{ref}|)
+
+    and :math:`\\bar{x}_i^{f}` must have argument i's dtype. The oracles of f's own forward,
+    for :math:`s(x_i) = \\langle c, f(x) \\rangle` and a random direction v, see
+    `jcnn._check_taylor`: the central difference of s must match :math:`\\langle \\bar{x}_i,
+    \\delta \\rangle` to fd_rtol, and the Taylor remainder :math:`|s(x_i + h v) - s(x_i) -
+    h \\langle \\bar{x}_i, v \\rangle|` must shrink like :math:`h^2` (measured order >= 1.5).
+    Where the reference's own gradient fails these two as well (a kink, a tie: f is not
+    differentiable there), the row passes with the note "kink". order=2 repeats all three for
+    the scalar
+    :math:`q(x) = \\sum_i \\langle \\mathrm{vjp}(f)(c)_i, u_i \\rangle` (u random), whose
+    gradient runs reverse over reverse through the rule.
+
+    Per-dtype settings (`PRECISION`; steps relative to the argument's root-mean-square):
+
+    ========  ======  ==========  ===========  ===========================  ==================
+    dtype     rtol    FD step     FD rtol      Taylor h sweep               oracle
+    ========  ======  ==========  ===========  ===========================  ==================
+    float64   1e-9    1e-6        1e-6         1e-1 .. 1e-6, 11 steps       reference, FD, h^2
+    float32   2e-4    1e-3        1e-2         1e-1 .. 1e-3, 9 steps        reference, FD, h^2
+    float16   1e-2    --          --           --                           float64 reference
+    bfloat16  5e-2    --          --           --                           float64 reference
+    ========  ======  ==========  ===========  ===========================  ==================
+
+    float16/bfloat16: finite differences and remainders drown in round-off there, so f's
+    results are compared with the reference run in float64 on the arguments cast up (with f
+    itself in float64 when `reference` is None). Second-order comparisons allow 10 x rtol times
+    the largest second-order magnitude over all arguments (one argument's can be small by
+    cancellation).
+    """
+    _check_options(mode, order, samples)
+    call = _setup(f, reference, args, argnums)
+    if jacobian:
+        refuse_large_jacobian(call)
+    rng = np.random.default_rng(seed)
+    prec = PRECISION[call.dtype]
+    tol = dict(rtol=prec.rtol if rtol is None else rtol, atol=0.0 if atol is None else atol)
+    oracles = prec.fd_step is not None
+    rows = [Row("skip", call.labels[i], True, note=f"{_kind(a)}: held fixed")
+            for i, a in enumerate(call.args) if i not in call.diff]
+    try:
+        rows += output_rows(call, tol)
+        cts = [random_like(call.f(*call.args), rng) for _ in range(samples)]
+        got, want = stacked_vjps(call, cts)
+        rows += cotangent_rows(call, "vjp", got, want, tol, leading=1)
+        if jacobian:
+            rows += jacobian_rows(call, tol)
+        if oracles:
+            rows += oracle_rows(call, "", partial(output_scalar, call, cts[0]),
+                                 [g[0] for g in got], None if want is None else
+                                 [w[0] for w in want], prec, rng, taylor_test)
+        if order == 2:
+            control = all(r.ok for r in rows if r.check == "vjp")
+            rows += second_order_rows(call, cts[0], tol, prec, rng, oracles, taylor_test, control)
+    except Stop as stop:
+        rows.append(stop.row)
+    report = Report(_name(f), _name(reference), call.dtype, order, tuple(rows),
+                    _notes(call, rows))
+    if raise_on_failure and not report.ok:
+        raise CheckFailed(report)
+    return report
+
+
+def _check_options(mode: str, order: int, samples: int) -> None:
+    if mode == "fwd":
+        raise ValueError(FORWARD_MODE)
+    if mode != "rev":
+        raise ValueError(f"check_vjp: mode must be 'rev' ('fwd' is refused), got {mode!r}")
+    if order not in (1, 2):
+        raise ValueError(f"check_vjp: order must be 1 or 2, got {order!r}")
+    if samples < 1:
+        raise ValueError(f"check_vjp: samples must be >= 1, got {samples!r}")
+
+
+def _name(fn) -> str:
+    if fn is None:
+        return "none"
+    name = getattr(fn, "__name__", type(fn).__name__)
+    return "lambda" if name == "<lambda>" else name
+
+
+def _arg_names(f: Callable, n: int) -> tuple[str, ...]:
+    """f's positional parameter names where its signature says them, else arg0, arg1, ..."""
+    try:
+        params = list(inspect.signature(f).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return tuple(named[i] if i < len(named) else f"arg{i}" for i in range(n))
+
+
+def _as_array(value, label: str):
+    """Arrays (JAX, NumPy, NumPy scalars) as JAX arrays; Python scalars stay static."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        return jnp.asarray(value)
+    raise TypeError(f"check_vjp: {label} is a {type(value).__name__}, not an array. Pass arrays "
+                    f"only and bind the rest, e.g. check_vjp(lambda x, w: f(x, w, stride=2), "
+                    f"lambda x, w: ref(x, w, stride=2), x, w)")
+
+
+def _is_float(a) -> bool:
+    """A floating array (a Python float is static configuration, not differentiated)."""
+    return isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jnp.floating)
+
+
+def _kind(a) -> str:
+    return f"Python {type(a).__name__}" if isinstance(a, (bool, int, float)) else str(a.dtype)
+
+
+def _setup(f, reference, args, argnums) -> Call:
+    names = _arg_names(f, len(args))
+    labels = tuple(f"{n} (arg {i})" for i, n in enumerate(names))
+    args = tuple(_as_array(a, label) for a, label in zip(args, labels))
+    diff = _differentiated(args, argnums, labels)
+    dtype = _least_precise([args[i].dtype for i in diff])
+    low = PRECISION[dtype].fd_step is None
+    high = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    up = tuple(a.astype(high) if low and i in diff else a for i, a in enumerate(args))
+    oracle = (reference or f) if low else reference
+    return Call(f, oracle, args, up, diff, labels, names, dtype, low)
+
+
+def _differentiated(args: tuple, argnums, labels: tuple[str, ...]) -> tuple[int, ...]:
+    """The positions to differentiate: argnums, checked, or every floating array."""
+    if argnums is None:
+        argnums = [i for i, a in enumerate(args) if _is_float(a)]
+    for i in argnums:
+        if not 0 <= i < len(args):
+            raise ValueError(f"check_vjp: argnums holds {i} but there are {len(args)} arguments")
+        if not _is_float(args[i]):
+            raise TypeError(f"check_vjp: {labels[i]} is {_kind(args[i])}; only floating arrays "
+                            f"can be differentiated (wrap a scalar as jnp.asarray(value))")
+    if not argnums:
+        raise TypeError("check_vjp: no floating array to differentiate; got "
+                        + ", ".join(_kind(a) for a in args))
+    return tuple(argnums)
+
+
+def _least_precise(dtypes) -> str:
+    """The name of the least precise dtype, which sets the tolerances."""
+    name = max((jnp.dtype(d) for d in dtypes), key=lambda d: float(jnp.finfo(d).eps)).name
+    if name not in PRECISION:
+        raise TypeError(f"check_vjp: {name} arguments are not supported; use one of "
+                        f"{', '.join(PRECISION)}")
+    return name
+
+
+def _notes(call: Call, rows: list[Row]) -> tuple[str, ...]:
+    notes = [KINK_NOTE] if any(r.note.endswith(KINK) for r in rows) else []
+    if call.upcast:
+        high = call.oracle_args[call.diff[0]].dtype
+        notes.append(f"{call.dtype}: compared with the {high} computation (arguments cast up); "
+                     f"no finite differences or Taylor test in low precision")
+    return tuple(notes)
+
+
