@@ -28,7 +28,6 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +38,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 import jcnn
-from jcnn import reference
 from jcnn._args import out_size
 from jcnn._validate import conv2d_config
 
@@ -86,7 +84,8 @@ def matrix_text(which, letters="abcd", x_hw=(4, 4), y_hw=(3, 3)) -> str:
     rows = [f"y{r}{c}" for r in range(y_hw[0]) for c in range(y_hw[1])]
     lines = ["      " + " ".join(f"{c:>3}" for c in cols)]
     for name, entries in zip(rows, which):
-        lines.append(f"{name}   " + " ".join(f"{letters[k] if k >= 0 else '.':>3}" for k in entries))
+        cells = (letters[k] if k >= 0 else "." for k in entries)
+        lines.append(f"{name}   " + " ".join(f"{c:>3}" for c in cells))
     return "\n".join(lines)
 
 
@@ -109,7 +108,8 @@ def _save(fig: Figure, path: Path) -> None:
 def _numbers(ax, a, fmt="{:g}", skip_zero=False, colour=lambda v: "black", size=10):
     for (r, c), v in np.ndenumerate(a):
         if not (skip_zero and v == 0):
-            ax.text(c, r, fmt.format(v + 0), ha="center", va="center", fontsize=size, color=colour(v))
+            ax.text(c, r, fmt.format(v + 0), ha="center", va="center", fontsize=size,
+                    color=colour(v))
 
 
 def _grid_axes(ax, a, title):
@@ -130,23 +130,13 @@ def _show(ax, a, title, cmap="RdBu_r", limit=None, **numbers):
     _numbers(ax, a, **numbers)
 
 
-def _ops():
-    """jcnn's hand-ruled ops; any not written yet is taken from jcnn.reference (autodiff)."""
-    names = ("conv2d", "relu", "max_pool2d", "flatten", "dense", "softmax_cross_entropy",
-             "log_softmax")
-    missing = [n for n in names if not hasattr(jcnn, n)]
-    if not missing:
-        return jcnn, missing
-    return SimpleNamespace(**{n: getattr(jcnn, n, getattr(reference, n)) for n in names}), missing
-
-
 # ---- figures ----------------------------------------------------------------------------------
 
 def fig_tied_matrix(path: Path) -> None:
     ex = _example()
     case = ex.CASES[0]  # stride 1, no padding
     w = ex.W[:, :, None, None]
-    matrix, which = tied_matrix(w, ex.X.shape)
+    _, which = tied_matrix(w, ex.X.shape)
     g = case.g.ravel()
     dense_grad = np.outer(g, ex.X.ravel())  # dL/dM[r, s] = G[r] * X[s], as for any dense layer
     letters = "abcd"
@@ -203,7 +193,7 @@ def fig_stride_backward(path: Path) -> None:
     fig = Figure(figsize=(13, 6.4), layout="constrained")
     axes = fig.subplots(2, 4)
     blank = dict(skip_zero=False)
-    _show(axes[0, 0], g, f"G = dL/dY (3x3)", **blank)
+    _show(axes[0, 0], g, "G = dL/dY (3x3)", **blank)
     _show(axes[0, 1], canvas, f"G spread by the stride ({s - 1} zero between\nentries), "
           f"offset k-1-p = {off}: the canvas", **blank)
     _show(axes[0, 2], w[::-1, ::-1], "W rotated 180 degrees", **blank)
@@ -237,9 +227,10 @@ def max_pool_routing(x, g, window, stride):
 
 
 def _max_pool_grad(x, g, window, stride):
-    pool = getattr(jcnn, "max_pool2d", reference.max_pool2d)
+    """The same dX from jax.grad through jcnn.max_pool2d's hand rule."""
     nhwc = jnp.asarray(x)[None, :, :, None]
-    dx = jax.jit(jax.grad(lambda a: jnp.sum(pool(a, window, stride) * g[None, :, :, None])))(nhwc)
+    dx = jax.jit(jax.grad(
+        lambda a: jnp.sum(jcnn.max_pool2d(a, window, stride) * g[None, :, :, None])))(nhwc)
     return np.asarray(dx)[0, :, :, 0]
 
 
@@ -286,28 +277,27 @@ def fig_maxpool_routing(path: Path) -> None:
                                "of several windows gets the sum")
         _grid_axes(ax, dx, "dX: " + what)
         _numbers(ax, dx)
-    who = "jcnn.max_pool2d" if hasattr(jcnn, "max_pool2d") else "jcnn.reference.max_pool2d"
     fig.suptitle("Max-pool backward routes the gradient, it computes nothing "
-                 f"(jax.grad through {who} gives the same dX)", fontsize=12)
+                 "(jax.grad through jcnn.max_pool2d gives the same dX)", fontsize=12)
     _save(fig, path)
 
 
 def train_lenet(steps: int, seed: int = 0):
     """A small LeNet (8 then 16 5x5 filters) on the embedded 8x8 digits, adam, batch 32.
-    Returns (first conv kernel before, after, losses, test accuracy, seconds, missing ops)."""
+    Every gradient is jcnn's hand-derived rule (the model's ops are `jcnn`).
+    Returns (first conv kernel before, after, losses, test accuracy)."""
     import optax
+
     from jcnn import models
     from jcnn.data import batches, load_dataset
     from jcnn.train import init_train_state, make_train_step
 
-    start = time.perf_counter()
-    ops, missing = _ops()
-    model = models.lenet(10, channels=(8, 16), hidden=(32,), ops=ops)
+    model = models.lenet(10, channels=(8, 16), hidden=(32,), ops=jcnn)
     optimizer = optax.adam(3e-3)
     data = load_dataset("digits")
     ts = init_train_state(model, optimizer, jax.random.key(seed), (32, 8, 8, 1))
     before = np.array(ts.params["0_conv2d"]["w"])
-    step = make_train_step(model, optimizer, ops=ops)
+    step = make_train_step(model, optimizer, ops=jcnn)
     stream = (b for epoch in itertools.count()
               for b in batches(data.train_images, data.train_labels, 32, seed=seed, epoch=epoch))
     losses = []
@@ -317,11 +307,11 @@ def train_lenet(steps: int, seed: int = 0):
     after = np.array(ts.params["0_conv2d"]["w"])
     logits, _ = jax.jit(partial(model.apply, train=False))(ts.params, ts.state, data.test_images)
     accuracy = float(np.mean(np.argmax(np.asarray(logits), axis=1) == data.test_labels))
-    return before, after, losses, accuracy, time.perf_counter() - start, missing
+    return before, after, losses, accuracy
 
 
 def fig_filters(path: Path, steps: int) -> None:
-    before, after, losses, accuracy, seconds, missing = train_lenet(steps)
+    before, after, losses, accuracy = train_lenet(steps)
     before, after = before[:, :, 0, :], after[:, :, 0, :]  # (5, 5, 8): one input channel
     diff = after - before
     n = before.shape[-1]
@@ -340,9 +330,8 @@ def fig_filters(path: Path, steps: int) -> None:
                 ax.set_ylabel(name, fontsize=10)
             if r == 0:
                 ax.set_title(f"filter {o}", fontsize=9)
-    note = f" (autodiff for {', '.join(missing)})" if missing else ""
     fig.suptitle(f"First-layer 5x5 filters of a small LeNet, {steps} adam steps on the 8x8 "
-                 f"digits{note}: loss {losses[0]:.2f} -> {np.mean(losses[-20:]):.2f}, test "
+                 f"digits: loss {losses[0]:.2f} -> {np.mean(losses[-20:]):.2f}, test "
                  f"accuracy {accuracy:.0%}.\nEach filter moved by the sum of its updates, "
                  f"each update built from dW = sum over batch and positions of X * G "
                  f"(colour scale shared per row; red +, blue -)", fontsize=10)
