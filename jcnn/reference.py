@@ -70,7 +70,7 @@ def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
 
 def sigmoid(x: Array) -> Array:
     v.float_check(x, "sigmoid")
-    return 1 / (1 + jnp.exp(-x))
+    return lax.logistic(x)  # a primitive with its own derivative: 1/(1+exp(-x)) overflows
 
 
 def tanh(x: Array) -> Array:

@@ -1,0 +1,70 @@
+"""check_model: whole models pass layer by layer; a planted wrong rule is found and named,
+also when it sits inside a combinator."""
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jcnn
+from jcnn import layers as L
+from jcnn import models
+from jcnn.model_check import check_model
+
+EXAMPLE = Path(__file__).parent.parent / "examples" / "find_the_bug.py"
+bug = runpy.run_path(str(EXAMPLE))
+
+
+def f64(tree):
+    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), tree)
+
+
+def test_lenet_passes_every_layer():
+    m, r = models.lenet(10, ops=jcnn), models.lenet(10, ops=jcnn.reference)
+    params, state = m.init(jax.random.key(0), (2, 8, 8, 1))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1), jnp.float64)
+    report = check_model(m, r, f64(params), state, x, taylor_test=False)
+    assert report.ok and report.culprit is None
+    assert [row.path for row in report.layers][:3] == ["0_conv2d", "1_relu", "2_max_pool2d"]
+
+
+def test_the_planted_bug_is_named():
+    report = bug["main"](fixed=False)
+    assert not report.ok
+    assert report.culprit.path == "1_hard_tanh"
+    assert [row.path for row in report.layers if not row.ok] == ["1_hard_tanh"]
+    assert "x (arg 0)" in str(report.culprit.report) or "arg" in str(report.culprit.report)
+
+
+def test_the_fixed_rule_passes_and_raise_names_the_layer():
+    assert bug["main"](fixed=True).ok
+    suspect, trusted = bug["model"](bug["hard_tanh_rule"](False)), bug["model"](
+        lambda x: jnp.clip(x, -1.0, 1.0), ops=jcnn.reference)
+    params, state = suspect.init(jax.random.key(0), (2, 8, 8, 1))
+    x = 2 * jax.random.normal(jax.random.key(1), (2, 8, 8, 1), jnp.float64)
+    with pytest.raises(AssertionError, match="1_hard_tanh"):
+        check_model(suspect, trusted, f64(params), state, x, taylor_test=False)
+
+
+def test_a_bug_inside_a_residual_block_is_localised():
+    wrong = bug["activation"](bug["hard_tanh_rule"](False), "hard_tanh")
+    right = bug["activation"](lambda x: jnp.clip(x, -1.0, 1.0), "hard_tanh")
+
+    def net(act, ops):
+        block = L.residual(L.serial(L.conv2d(2, 3, padding=1, ops=ops), act))
+        return L.serial(L.conv2d(2, 1, ops=ops), block, L.flatten(ops=ops))
+
+    m, r = net(wrong, jcnn), net(right, jcnn.reference)
+    params, state = m.init(jax.random.key(0), (2, 5, 5, 1))
+    x = 3 * jax.random.normal(jax.random.key(1), (2, 5, 5, 1), jnp.float64)
+    report = check_model(m, r, f64(params), state, x, raise_on_failure=False, taylor_test=False)
+    assert report.culprit.path == "1_residual/body/1_hard_tanh"
+
+
+def test_the_example_runs_as_a_script():
+    done = subprocess.run([sys.executable, str(EXAMPLE)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "first wrong layer: 1_hard_tanh" in done.stdout
