@@ -10,11 +10,13 @@ from jcnn.conv import conv2d, conv_transpose2d
 from jcnn.dense import dense, flatten
 from jcnn.dropout import dropout
 from jcnn.loss import log_softmax, softmax_cross_entropy
+from jcnn.model_check import check_model
 from jcnn.norm import batch_norm
 from jcnn.pool import avg_pool2d, global_avg_pool2d, max_pool2d
 
 __all__ = [
     "reference",
+    "check_model",
     "conv2d",
     "conv_transpose2d",
     "dense",
