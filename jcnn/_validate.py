@@ -50,12 +50,17 @@ def _bias(op: str, b, channels: int) -> None:
                          f"got {tuple(np.shape(b))}")
 
 
+def _conv_operands(op: str, x, w, b, w_layout: str, groups) -> int:
+    """Ranks and dtypes of a conv's x (NHWC), w and b; returns `groups` checked."""
+    check_rank(op, "x", x, 4, "NHWC")
+    check_rank(op, "w", w, 4, w_layout)
+    check_float(op, x=x, w=w, b=b)
+    return _groups(op, groups)
+
+
 def conv2d_config(x, w, b, stride, padding: PaddingLike, dilation, groups,
                   op: str = "conv2d") -> ConvConfig:
-    check_rank(op, "x", x, 4, "NHWC")
-    check_rank(op, "w", w, 4, "HWIO")
-    check_float(op, x=x, w=w, b=b)
-    groups = _groups(op, groups)
+    groups = _conv_operands(op, x, w, b, "HWIO", groups)
     (_, h, wd, c), (kh, kw, ci, co) = np.shape(x), np.shape(w)
     if c % groups:
         raise ValueError(f"{op}: groups={groups} must divide x's {c} channels (x shape {np.shape(x)})")
@@ -75,10 +80,8 @@ def conv2d_config(x, w, b, stride, padding: PaddingLike, dilation, groups,
 
 def conv_transpose2d_config(x, w, b, stride, padding, output_padding, dilation, groups,
                             op: str = "conv_transpose2d") -> ConvTransposeConfig:
-    check_rank(op, "x", x, 4, "NHWC")
-    check_rank(op, "w", w, 4, "HWIO of the forward conv2d: (kh, kw, out_channels // groups, in_channels)")
-    check_float(op, x=x, w=w, b=b)
-    groups = _groups(op, groups)
+    groups = _conv_operands(op, x, w, b, "HWIO of the forward conv2d: (kh, kw, out_channels // "
+                            "groups, in_channels)", groups)
     (_, h, wd, c), (kh, kw, co_g, ci) = np.shape(x), np.shape(w)
     if ci != c:
         raise ValueError(f"{op}: x has {c} channels but w.shape[3] is {ci}; w is the HWIO kernel "

@@ -44,50 +44,38 @@ def _leaky_bwd(slope, positive, g):
 _leaky.defvjp(_leaky_fwd, _leaky_bwd)
 
 
+def _from_output(fn, slope):
+    """A custom_vjp for y = fn(x) whose derivative is a function of its output:
+    dx = g * slope(y). It saves y alone."""
+    @jax.custom_vjp
+    def op(x):
+        return fn(x)
+
+    def op_fwd(x):
+        y = op(x)
+        return y, y
+
+    def op_bwd(y, g):
+        return (g * slope(y),)
+
+    op.defvjp(op_fwd, op_bwd)
+    return op
+
+
+_sigmoid = _from_output(lax.logistic, lambda y: y * (1 - y))  # no overflow at large |x|
+_tanh = _from_output(jnp.tanh, lambda y: 1 - y * y)
+
+
 def sigmoid(x: Array) -> Array:
-    """1 / (1 + exp(-x)), computed without overflow. dx = g * y * (1 - y), y the output."""
+    """1 / (1 + exp(-x)). dx = g * y * (1 - y), y the output."""
     float_check(x, "sigmoid")
     return _sigmoid(x)
-
-
-@jax.custom_vjp
-def _sigmoid(x: Array) -> Array:
-    return lax.logistic(x)
-
-
-def _sigmoid_fwd(x):
-    y = _sigmoid(x)
-    return y, y
-
-
-def _sigmoid_bwd(y, g):
-    return (g * y * (1 - y),)
-
-
-_sigmoid.defvjp(_sigmoid_fwd, _sigmoid_bwd)
 
 
 def tanh(x: Array) -> Array:
     """tanh(x). dx = g * (1 - y^2), y the output."""
     float_check(x, "tanh")
     return _tanh(x)
-
-
-@jax.custom_vjp
-def _tanh(x: Array) -> Array:
-    return jnp.tanh(x)
-
-
-def _tanh_fwd(x):
-    y = _tanh(x)
-    return y, y
-
-
-def _tanh_bwd(y, g):
-    return (g * (1 - y * y),)
-
-
-_tanh.defvjp(_tanh_fwd, _tanh_bwd)
 
 
 def gelu(x: Array, approximate: bool = True) -> Array:
