@@ -202,8 +202,11 @@ def _split(key: Optional[jax.Array], n: int) -> list:
 
 def serial(*layers: Layer) -> Layer:
     """The layers one after another. params and state are dicts keyed `"{i}_{name}"`
-    (`"0_conv2d"`, `"1_relu"`, ...) holding each layer's own dicts; `layers` keeps them."""
-    names = [f"{i}_{layer.name}" for i, layer in enumerate(layers)]
+    (`"0_conv2d"`, `"1_relu"`, ...) holding each layer's own dicts; `layers` keeps them. With
+    ten layers or more the index is zero-padded (`"00_conv2d"`): `jax.tree_util` rebuilds dicts
+    with sorted keys, and this keeps that order the layers' order."""
+    width = len(str(len(layers) - 1))
+    names = [f"{i:0{width}d}_{layer.name}" for i, layer in enumerate(layers)]
 
     def init(key, input_shape):
         params, state, shape = {}, {}, tuple(input_shape)
