@@ -9,8 +9,8 @@ import jcnn
 from jcnn import layers as L
 
 
-def lenet(num_classes: int, *, channels: tuple[int, ...] = (32, 64),
-          hidden: tuple[int, ...] = (128,), ops: ModuleType = jcnn) -> L.Layer:
+def lenet(num_classes: int, *, channels: tuple[int, ...] = (16, 32),
+          hidden: tuple[int, ...] = (64,), ops: ModuleType = jcnn) -> L.Layer:
     """LeNet style: [conv 5x5 - relu - max-pool 2x2] per entry of `channels`, then dense-relu
     per entry of `hidden`, then a dense classifier. The convs pad by 2 ("same"), so only the
     pools shrink the image: 8x8 digits -> 2x2, 28x28 MNIST -> 7x7, 32x32 CIFAR -> 8x8.

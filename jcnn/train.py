@@ -133,11 +133,12 @@ OPTIMIZERS = {"sgd": optax.sgd,
               "momentum": functools.partial(optax.sgd, momentum=0.9, nesterov=True),
               "adam": optax.adam,
               "adamw": optax.adamw}
-DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 1e-3, "adamw": 1e-3}
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 3e-3, "adamw": 3e-3}
 GRADS = {"manual": jcnn, "autodiff": reference}
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 # What a run is: saved in each checkpoint, and what --resume restores.
-CONFIG_KEYS = ("data", "model", "batch_size", "optimizer", "lr", "seed", "dtype", "grad")
+CONFIG_KEYS = ("data", "model", "batch_size", "optimizer", "lr", "lr_decay", "seed", "dtype",
+               "grad")
 CHECKPOINT = "checkpoint.npz"
 
 
@@ -153,6 +154,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
     parser.add_argument("--lr", type=float, help="learning rate (default: " + ", ".join(
         f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    parser.add_argument("--lr-decay", type=float, default=0.85,
+                        help="multiply the learning rate by this after each epoch (1: constant); "
+                             "the decay keeps Adam from spiking once the loss is near zero")
     parser.add_argument("--seed", type=int, default=0, help="seeds the init, shuffling, dropout")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="compute dtype; params stay float32")
@@ -199,8 +203,10 @@ def _setup(config: dict, data_dir: Optional[str], resume_from: Optional[Path]
         raise SystemExit(f"jcnn train: --batch-size {config['batch_size']}: {e}") from None
     ops, compute_dtype = GRADS[config["grad"]], DTYPES[config["dtype"]]
     model = MODELS[config["model"]](data.num_classes, ops=ops)
-    optimizer = OPTIMIZERS[config["optimizer"]](config["lr"])
     batch = (config["batch_size"], *data.train_images.shape[1:])
+    per_epoch = len(data.train_labels) // batch[0]
+    optimizer = OPTIMIZERS[config["optimizer"]](optax.exponential_decay(
+        config["lr"], per_epoch, config["lr_decay"], staircase=True))
     ts = init_train_state(model, optimizer, jax.random.key(config["seed"]), batch)
     before = _first_kernel(ts.params)
     if resume_from is not None:
@@ -237,17 +243,9 @@ def _ctrl_c_stops_between_steps():
 
 
 def _first_kernel(params) -> Optional[np.ndarray]:
-    """The first 4-D (HWIO) kernel in layer order (serial's keys begin with the index)."""
-    def order(item):
-        head = item[0].split("_", 1)[0]
-        return (int(head), "") if head.isdigit() else (math.inf, item[0])
-    if isinstance(params, dict):
-        for _, value in sorted(params.items(), key=order):
-            found = _first_kernel(value)
-            if found is not None:
-                return found
-        return None
-    return np.asarray(params) if np.ndim(params) == 4 else None
+    """The first 4-D (HWIO) kernel in layer order (`serial`'s keys sort in layer order)."""
+    leaves = jax.tree_util.tree_leaves(params)  # dict keys in sorted order
+    return next((np.asarray(a) for a in leaves if np.ndim(a) == 4), None)
 
 
 def _train_epoch(setup: _Setup, ts: TrainState, epoch: int, epochs: int, interrupted):
@@ -298,7 +296,8 @@ def run(args) -> int:
     setup, ts, before = _setup(config, args.data_dir, resume_from)
     data, bs = setup.data, config["batch_size"]
     print(f"jcnn train: {config['model']} on {data.name} ({len(data.train_labels)} train, "
-          f"{len(data.test_labels)} test), {config['optimizer']} lr {config['lr']:g}, batch {bs} "
+          f"{len(data.test_labels)} test), {config['optimizer']} lr {config['lr']:g} "
+          f"(x{config['lr_decay']:g} per epoch), batch {bs} "
           f"on {setup.mesh.size} {jax.devices()[0].platform} device(s), {config['dtype']}, "
           f"{config['grad']} gradients; step {int(ts.step)}, ready in "
           f"{time.perf_counter() - start:.1f}s", flush=True)
