@@ -24,14 +24,14 @@ def _leaf_dict(tree):
     # the CIFAR ResNet-8: stem, three stages (the last two with 1x1 projections), classifier
     (models.resnet(10, depth=8), (2, 32, 32, 3), 464 + 4672 + 14528 + 57728 + 650),
 ], ids=["lenet-8x8", "lenet-28x28", "lenet5-32x32", "resnet8-32x32"])
-def test_models_map_images_to_logits(model, shape, n_params, key, rng):
-    params, state = jax.jit(model.init, static_argnums=1)(key, shape)
-    x = jnp.asarray(rng.random(shape), jnp.float32)
-    apply = jax.jit(model.apply, static_argnames="train")
+def test_models_map_images_to_logits(model, shape, n_params, key):
+    # traced, not run: shapes and dtypes without compiling anything
+    params, state = jax.eval_shape(lambda k: model.init(k, shape), key)
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
     for train in (True, False):
-        y, new_state = apply(params, state, x, train=train)
+        y, new_state = jax.eval_shape(lambda p, s, x: model.apply(p, s, x, train=train),
+                                      params, state, x)
         assert y.shape == (shape[0], 10) and y.dtype == jnp.float32
-        assert bool(jnp.all(jnp.isfinite(y)))
         assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
     if n_params is not None:
         assert sum(p.size for p in jax.tree_util.tree_leaves(params)) == n_params
@@ -44,22 +44,39 @@ def test_resnet_depth_sets_the_blocks_per_stage():
             "global_avg_pool2d", "dense"]
 
 
+def test_serial_keys_sort_in_layer_order_from_ten_layers_on(key):
+    model = models.resnet(10, 20, width=2)
+    params, _ = jax.eval_shape(lambda k: model.init(k, (1, 8, 8, 1)), key)
+    assert list(params)[:3] == ["00_conv2d", "01_batch_norm", "02_relu"]
+    assert list(params)[-1] == "13_dense"
+    rebuilt = jax.tree_util.tree_map(lambda a: a, params)  # dict keys come back sorted
+    assert list(rebuilt) == list(params)
+
+
 def test_serial_keys_params_by_index_and_name_and_keeps_its_layers(key):
     model = models.lenet(10)
-    params, state = model.init(key, (1, 8, 8, 1))
+    params, state = jax.eval_shape(lambda k: model.init(k, (1, 8, 8, 1)), key)
     assert list(params) == ["0_conv2d", "1_relu", "2_max_pool2d", "3_conv2d", "4_relu",
                             "5_max_pool2d", "6_flatten", "7_dense", "8_relu", "9_dense"]
     assert [layer.name for layer in model.layers] == [k.split("_", 1)[1] for k in params]
-    assert params["0_conv2d"]["w"].shape == (5, 5, 1, 32) and params["1_relu"] == {}
-    assert params["9_dense"]["w"].shape == (128, 10)
+    assert params["0_conv2d"]["w"].shape == (5, 5, 1, 16) and params["1_relu"] == {}
+    assert params["9_dense"]["w"].shape == (64, 10)
     # each sub-layer runs on its own slice of the params
-    x = jnp.ones((1, 8, 8, 1), jnp.float32)
-    y, _ = model.layers[0].apply(params["0_conv2d"], state["0_conv2d"], x, train=False)
-    assert y.shape == (1, 8, 8, 32)
+    x = jax.ShapeDtypeStruct((1, 8, 8, 1), jnp.float32)
+    y, _ = jax.eval_shape(lambda p, s, x: model.layers[0].apply(p, s, x, train=False),
+                          params["0_conv2d"], state["0_conv2d"], x)
+    assert y.shape == (1, 8, 8, 16)
 
 
-@pytest.mark.parametrize("build", [models.lenet, lambda n, ops: models.resnet(n, 8, ops=ops)],
-                         ids=["lenet", "resnet8"])
+def _small_resnet(num_classes, ops):
+    """A stem and one downsampling basic block: conv, batch norm, a projected residual."""
+    return L.serial(L.conv2d(4, 3, padding=1, ops=ops), models.basic_block(4, 8, 2, ops=ops),
+                    L.global_avg_pool2d(ops=ops), L.dense(num_classes, ops=ops))
+
+
+@pytest.mark.parametrize("build", [
+    lambda n, ops: models.lenet(n, channels=(4, 8), hidden=(16,), ops=ops), _small_resnet,
+], ids=["lenet", "resnet-block"])
 def test_both_ops_give_the_same_params_and_outputs(build, key, rng):
     hand, auto = build(10, ops=jcnn), build(10, ops=reference)
     init = [jax.jit(m.init, static_argnums=1) for m in (hand, auto)]
@@ -72,6 +89,7 @@ def test_both_ops_give_the_same_params_and_outputs(build, key, rng):
     for train in (True, False):
         y1, _ = jax.jit(hand.apply, static_argnames="train")(p64, s1, x, train=train)
         y2, _ = jax.jit(auto.apply, static_argnames="train")(p64, s1, x, train=train)
+        assert bool(jnp.all(jnp.isfinite(y1)))
         np.testing.assert_allclose(y1, y2, rtol=1e-10, atol=1e-12)
 
 

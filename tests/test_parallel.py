@@ -14,7 +14,7 @@ import json
 from itertools import islice
 
 import jax, numpy as np, optax
-from jcnn import layers as L, models
+from jcnn import layers as L
 from jcnn.cli import main
 from jcnn.data import batches, load_dataset
 from jcnn.parallel import check_batch_size, data_mesh, put, replicated, shard_batch
@@ -22,10 +22,10 @@ from jcnn.train import init_train_state, make_train_step
 
 digits = load_dataset("digits")
 builds = {
-    "lenet": lambda: models.lenet(10, channels=(4, 8), hidden=(16,)),
-    # batch norm: the statistics must be those of the global batch, not of each shard
-    "batch-norm": lambda: L.serial(L.conv2d(4, 3, padding=1), L.batch_norm(), L.relu(),
-                                   L.global_avg_pool2d(), L.dense(10)),
+    # conv, dense, pooling, and batch norm, whose statistics must be the global batch's, not
+    # each shard's
+    "conv-bn": lambda: L.serial(L.conv2d(4, 3, padding=1), L.batch_norm(), L.relu(),
+                                L.max_pool2d(2), L.flatten(), L.dense(10)),
 }
 
 def losses(build, mesh):
@@ -71,7 +71,7 @@ def test_four_devices_give_the_single_device_losses():
     assert result["devices"] == 4
     for name, run in result["runs"].items():
         assert run["shard"] == [[4, 8, 8, 1]], name  # each device holds a quarter of the batch
-        assert run["four"][-1] < run["four"][0], name
+        assert len(set(run["four"])) == len(run["four"]), name  # the params do move
         for a, b in zip(run["four"], run["one"]):
             assert abs(a - b) <= 1e-12 * abs(b), (name, run["four"], run["one"])
         assert run["param_diff"] < 1e-12, name

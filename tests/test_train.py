@@ -78,8 +78,7 @@ def tiny_bn_net(num_classes, ops):
 
 
 @pytest.mark.parametrize("build", [
-    tiny_lenet, tiny_bn_net,
-    pytest.param(lambda n, ops: models.resnet(n, 8, width=4, ops=ops), marks=pytest.mark.slow),
+    tiny_lenet, tiny_bn_net, lambda n, ops: models.resnet(n, 8, width=4, ops=ops),
 ], ids=["lenet", "batch-norm", "resnet8"])
 def test_hand_rules_and_autodiff_give_the_same_curve_in_float64(build, digits):
     optimizer = optax.sgd(0.05, momentum=0.9)
