@@ -3,7 +3,7 @@
 
 Layouts: activations NHWC, conv kernels HWIO, dense weights (in_features, out_features).
 """
-from jcnn import reference
+from jcnn import layers, models, reference
 from jcnn.activation import gelu, leaky_relu, relu, sigmoid, tanh
 from jcnn.check import CheckFailed, check_vjp
 from jcnn.conv import conv2d, conv_transpose2d
@@ -16,6 +16,8 @@ from jcnn.pool import avg_pool2d, global_avg_pool2d, max_pool2d
 
 __all__ = [
     "reference",
+    "layers",
+    "models",
     "check_model",
     "conv2d",
     "conv_transpose2d",
