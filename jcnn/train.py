@@ -266,8 +266,8 @@ def _train_epoch(setup: _Setup, ts: TrainState, epoch: int, epochs: int, interru
             if not math.isfinite(losses[-1]):
                 return ts, losses, time.perf_counter() - start, "nan"
             rate = len(losses) * cfg["batch_size"] / (time.perf_counter() - start)
-            bar.update()
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.0f}", refresh=False)
+            bar.update()  # redraws at most every 0.1 s
             if interrupted():
                 return ts, losses, time.perf_counter() - start, "interrupted"
     return ts, losses, time.perf_counter() - start, None
