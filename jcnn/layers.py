@@ -196,7 +196,9 @@ def dropout(rate: float, *, ops: ModuleType = jcnn) -> Layer:
     return Layer(init, apply, "dropout")
 
 
-def _split(key: Optional[jax.Array], n: int) -> list:
+def split_key(key: Optional[jax.Array], n: int) -> list:
+    """The n keys a combinator hands its sub-layers (all None without a key); `check_model`
+    uses it too, so a layer checked alone sees the key it gets inside the model."""
     return [None] * n if key is None else list(jax.random.split(key, n))
 
 
@@ -210,14 +212,14 @@ def serial(*layers: Layer) -> Layer:
 
     def init(key, input_shape):
         params, state, shape = {}, {}, tuple(input_shape)
-        for name, layer, k in zip(names, layers, _split(key, len(layers))):
+        for name, layer, k in zip(names, layers, split_key(key, len(layers))):
             params[name], state[name] = layer.init(k, shape)
             shape = output_shape(layer, params[name], state[name], shape)
         return params, state
 
     def apply(params, state, x, *, train, key=None):
         new_state = {}
-        for name, layer, k in zip(names, layers, _split(key, len(layers))):
+        for name, layer, k in zip(names, layers, split_key(key, len(layers))):
             x, new_state[name] = layer.apply(params[name], state[name], x, train=train, key=k)
         return x, new_state
     return Layer(init, apply, "serial", tuple(layers))
@@ -230,13 +232,13 @@ def residual(body: Layer, shortcut: Optional[Layer] = None) -> Layer:
     names = ("body", "shortcut")[:len(branches)]
 
     def init(key, input_shape):
-        keys = _split(key, len(branches))
+        keys = split_key(key, len(branches))
         both = {name: b.init(k, input_shape) for name, b, k in zip(names, branches, keys)}
         return {n: ps[0] for n, ps in both.items()}, {n: ps[1] for n, ps in both.items()}
 
     def apply(params, state, x, *, train, key=None):
         new_state, outs = {}, []
-        for name, b, k in zip(names, branches, _split(key, len(branches))):
+        for name, b, k in zip(names, branches, split_key(key, len(branches))):
             y, new_state[name] = b.apply(params[name], state[name], x, train=train, key=k)
             outs.append(y)
         return outs[0] + (x if shortcut is None else outs[1]), new_state
@@ -245,4 +247,4 @@ def residual(body: Layer, shortcut: Optional[Layer] = None) -> Layer:
 
 __all__ = ["Layer", "output_shape", "conv2d", "dense", "relu", "leaky_relu", "gelu", "sigmoid",
            "tanh", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "flatten", "batch_norm",
-           "dropout", "serial", "residual"]
+           "dropout", "serial", "residual", "split_key"]

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 
 from jcnn.check import Report, check_vjp
-from jcnn.layers import Layer, _split
+from jcnn.layers import Layer, split_key
 
 
 class LayerResult(NamedTuple):
@@ -78,7 +78,7 @@ def _children(layer, ref, params, state, x, train, key, prefix, results, options
     if len(params) != len(layer.layers) or len(ref.layers) != len(layer.layers):
         raise ValueError(f"check_model: {prefix or 'the model'} has {len(layer.layers)} "
                          f"sub-layers but reference has {len(ref.layers)}: build both the same way")
-    keys = _split(key, len(layer.layers))
+    keys = split_key(key, len(layer.layers))
     for name, child, ref_child, k in zip(params, layer.layers, ref.layers, keys):
         _check(child, ref_child, params[name], state[name], x, train, k, prefix + name, results,
                options)
