@@ -22,6 +22,7 @@ from jax import lax
 from jcnn._args import IntPair, PaddingLike, out_size
 from jcnn._validate import (ConvConfig, conv2d_config, conv_transpose2d_config,
                             conv_transpose2d_out_hw)
+from jcnn.dense import add_bias  # y + b[o] over the channel axis; db = sum of g
 
 Array = jax.Array
 
@@ -60,7 +61,7 @@ def conv2d(x: Array, w: Array, b: Optional[Array] = None, *, stride: int | IntPa
     out_hw = tuple(out_size(n, k, s, d, lo, hi) for n, k, s, d, (lo, hi) in
                    zip(in_hw, k_hw, cfg.stride, cfg.dilation, cfg.pads))
     y = _conv2d(_used_padding(cfg, in_hw, out_hw, k_hw), x, w)
-    return y if b is None else _add_bias(y, b)
+    return y if b is None else add_bias(y, b)
 
 
 def conv_transpose2d(x: Array, w: Array, b: Optional[Array] = None, *,
@@ -96,7 +97,7 @@ def conv_transpose2d(x: Array, w: Array, b: Optional[Array] = None, *,
     out_hw = conv_transpose2d_out_hw(np.shape(x), np.shape(w), cfg)
     fwd = ConvConfig(cfg.stride, cfg.pads, cfg.dilation, cfg.groups)
     y = _conv2d_dx(_used_padding(fwd, out_hw, np.shape(x)[1:3], np.shape(w)[:2]), x, w)
-    return y if b is None else _add_bias(y, b)
+    return y if b is None else add_bias(y, b)
 
 
 def _used_padding(cfg: ConvConfig, in_hw, out_hw, k_hw) -> ConvConfig:
@@ -209,20 +210,3 @@ def _conv2d_dw_bwd(cfg, res, v):
 _conv2d.defvjp(_bilinear_fwd(_conv2d), _conv2d_bwd)
 _conv2d_dx.defvjp(_bilinear_fwd(_conv2d_dx), _conv2d_dx_bwd)
 _conv2d_dw.defvjp(_bilinear_fwd(_conv2d_dw), _conv2d_dw_bwd)
-
-
-@jax.custom_vjp
-def _add_bias(y: Array, b: Array) -> Array:
-    """Y[n,y,x,o] + b[o]; its gradient: dy = G, db[o] = sum_{n,y,x} G[n,y,x,o]."""
-    return y + b[None, None, None, :]
-
-
-def _add_bias_fwd(y, b):
-    return _add_bias(y, b), None
-
-
-def _add_bias_bwd(res, g):
-    return g, jnp.sum(g, axis=(0, 1, 2))
-
-
-_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
