@@ -9,6 +9,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jcnn._validate import float_check
@@ -25,38 +26,47 @@ def relu(x: Array) -> Array:
 def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
     """x where x > 0, else negative_slope * x. dx = g where x > 0, else negative_slope * g."""
     float_check(x, "leaky_relu")
+    is_real = isinstance(negative_slope, (int, float, np.integer, np.floating))
+    if isinstance(negative_slope, bool) or not is_real:
+        raise TypeError(f"leaky_relu: negative_slope must be a Python float, got {negative_slope!r}")
     return _leaky(float(negative_slope), x)
+
+
+def _scale_negative(slope: float, positive: Array, v: Array) -> Array:
+    """v where positive, else slope * v. A zero slope writes 0, not 0 * v: relu(-inf) = 0."""
+    return jnp.where(positive, v, slope * v if slope else jnp.zeros_like(v))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _leaky(slope: float, x: Array) -> Array:
-    return jnp.where(x > 0, x, slope * x)
+    return _scale_negative(slope, x > 0, x)
 
 
 def _leaky_fwd(slope, x):
-    return _leaky(slope, x), x > 0  # a bool mask, not x: a quarter of float32's bytes
+    positive = x > 0
+    return _scale_negative(slope, positive, x), positive  # a bool mask, not x: 1 byte an element
 
 
 def _leaky_bwd(slope, positive, g):
-    return (jnp.where(positive, g, slope * g),)
+    return (_scale_negative(slope, positive, g),)  # linear on each side of 0: the same map on g
 
 
 _leaky.defvjp(_leaky_fwd, _leaky_bwd)
 
 
-def _from_output(fn, slope):
+def _from_output(fn, derivative):
     """A custom_vjp for y = fn(x) whose derivative is a function of its output:
-    dx = g * slope(y). It saves y alone."""
+    dx = g * derivative(y). It saves y alone."""
     @jax.custom_vjp
     def op(x):
         return fn(x)
 
     def op_fwd(x):
-        y = op(x)
+        y = op(x)  # through op itself, so second order differentiates y by this same rule
         return y, y
 
     def op_bwd(y, g):
-        return (g * slope(y),)
+        return (g * derivative(y),)
 
     op.defvjp(op_fwd, op_bwd)
     return op
@@ -87,17 +97,21 @@ def gelu(x: Array, approximate: bool = True) -> Array:
                  t' = (1 - t^2) c (1 + 3 a x^2) / 2
     """
     float_check(x, "gelu")
+    if not isinstance(approximate, (bool, np.bool_)):  # PyTorch's "none"/"tanh" would be truthy
+        raise TypeError(f"gelu: approximate must be True (tanh form) or False (erf form), "
+                        f"got {approximate!r}")
     return _gelu(bool(approximate), x)
 
 
 _C, _A = 0.7978845608028654, 0.044715  # sqrt(2/pi), the cubic coefficient
+_SQRT_HALF, _INV_SQRT_2PI = 0.7071067811865476, 0.3989422804014327
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _gelu(approximate: bool, x: Array) -> Array:
     if approximate:
         return 0.5 * x * (1 + jnp.tanh(_C * (x + _A * x ** 3)))
-    return 0.5 * x * (1 + lax.erf(x * 0.7071067811865476))
+    return 0.5 * x * (1 + lax.erf(x * _SQRT_HALF))
 
 
 def _gelu_fwd(approximate, x):
@@ -108,8 +122,8 @@ def _gelu_bwd(approximate, x, g):
     if approximate:
         t = jnp.tanh(_C * (x + _A * x ** 3))
         return (g * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _C * (1 + 3 * _A * x * x)),)
-    cdf = 0.5 * (1 + lax.erf(x * 0.7071067811865476))
-    pdf = jnp.exp(-0.5 * x * x) * 0.3989422804014327
+    cdf = 0.5 * (1 + lax.erf(x * _SQRT_HALF))
+    pdf = jnp.exp(-0.5 * x * x) * _INV_SQRT_2PI
     return (g * (cdf + x * pdf),)
 
 

@@ -4,7 +4,8 @@ The mask is drawn in the wrapper from the key (`jax.random.bernoulli(key, 1 - ra
 the same draw as `jcnn.reference.dropout`), so the rule sees only x and a boolean mask:
     dx = G * keep / (1 - rate)
 It saves the mask (one byte an element) rather than regenerating it from the key: regenerating
-costs a second pass of the random generator in the backward for a small memory saving.
+would run the random generator (32 hashed bits an element, the costly part of dropout) a second
+time in the backward to spare that byte. The key never enters the rule, so it needs no cotangent.
 """
 from __future__ import annotations
 

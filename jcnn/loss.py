@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jcnn._validate import float_check, labels_check
@@ -24,6 +25,8 @@ def _log_softmax(x: Array) -> Array:
 def log_softmax(x: Array) -> Array:
     """x (..., classes) -> log-probabilities of the same shape."""
     float_check(x, "log_softmax")
+    if np.ndim(x) < 1:
+        raise ValueError("log_softmax: x must have a class axis (..., classes), got a scalar")
     return _log_softmax_op(x)
 
 
@@ -59,14 +62,15 @@ def _xent(logits: Array, labels: Array) -> Array:
 def _xent_fwd(logits, labels):
     y = _log_softmax(logits)
     loss = -jnp.mean(jnp.take_along_axis(y, labels[..., None], axis=-1))
-    return loss, (y, labels)
+    return loss, (y, labels)  # p = exp(y) and the labels: all the backward reads
 
 
 def _xent_bwd(res, g):
     y, labels = res
     onehot = labels[..., None] == lax.broadcasted_iota(labels.dtype, y.shape, y.ndim - 1)
-    n = labels.size
-    return (jnp.exp(y) - onehot.astype(y.dtype)) * (g / n).astype(y.dtype), None
+    # g * (1/N), not g / N: N itself overflows float16 from 65504 labels on. The labels are
+    # integers: None stands for their float0 cotangent, as custom_vjp allows.
+    return (jnp.exp(y) - onehot.astype(y.dtype)) * (g * (1 / labels.size)), None
 
 
 _xent.defvjp(_xent_fwd, _xent_bwd)

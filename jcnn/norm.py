@@ -46,7 +46,8 @@ def _batch_norm_fwd(eps, x, scale, bias):
     centred = x - mu
     r = lax.rsqrt(jnp.mean(centred * centred, axis=_axes(x), keepdims=True) + eps)
     xhat = centred * r
-    # residuals: xhat (what both dx and dscale read) and r, (1, .., C); x and mu are not needed
+    # residuals: xhat (what both dx and dscale read) and r, (1, .., C). Saving x instead is the
+    # same size but needs mu too, and the backward would redo (x - mu) * r.
     return xhat * _channel(scale, x.ndim) + _channel(bias, x.ndim), (xhat, r, scale)
 
 

@@ -26,8 +26,10 @@ def dense_backward(x, w, b, g):
 
 
 def batch_norm_backward(x, scale, bias, g, eps=1e-5):
-    """Training-mode batch norm of each channel over its M elements, and its exact backward
-    derived through the mean and the variance step by step. Returns (y, dx, dscale, dbias)."""
+    """Training-mode batch norm of each channel over its M elements, and its exact backward:
+    the forward written as a chain of small steps, then the chain rule applied to each step in
+    reverse, so every path through the mean and the variance is visible.
+    Returns (y, dx, dscale, dbias)."""
     x = np.asarray(x, np.float64)
     c = x.shape[-1]
     xs, gs = x.reshape(-1, c), np.asarray(g, np.float64).reshape(-1, c)
@@ -35,21 +37,27 @@ def batch_norm_backward(x, scale, bias, g, eps=1e-5):
     y, dx = np.zeros_like(xs), np.zeros_like(xs)
     dscale, dbias = np.zeros(c), np.zeros(c)
     for ch in range(c):
-        mu = sum(xs[:, ch]) / m
-        var = sum((v - mu) ** 2 for v in xs[:, ch]) / m
-        r = 1 / math.sqrt(var + eps)
-        xhat = [(v - mu) * r for v in xs[:, ch]]
+        v, gy = xs[:, ch], gs[:, ch]
+        # forward
+        mu = sum(v) / m                               # 1. mean
+        d = [v[k] - mu for k in range(m)]             # 2. centred
+        var = sum(dk * dk for dk in d) / m            # 3. biased variance
+        r = 1 / math.sqrt(var + eps)                  # 4. inverse std
+        xhat = [d[k] * r for k in range(m)]           # 5. normalised
         for k in range(m):
-            y[k, ch] = xhat[k] * scale[ch] + bias[ch]
-            dbias[ch] += gs[k, ch]
-            dscale[ch] += gs[k, ch] * xhat[k]
-        d_xhat = [gs[k, ch] * scale[ch] for k in range(m)]  # dL/dxhat_k
-        # var = mean((x - mu)^2): dL/dvar = sum_k dL/dxhat_k * (x_k - mu) * (-1/2) (var+eps)^(-3/2)
-        d_var = sum(d_xhat[k] * (xs[k, ch] - mu) for k in range(m)) * -0.5 * r ** 3
-        # mu enters xhat directly and through var (whose mu-derivative, mean(-2(x - mu)), is 0)
-        d_mu = -r * sum(d_xhat)
+            y[k, ch] = xhat[k] * scale[ch] + bias[ch]  # 6. affine
+        # backward, step 6 down to step 1
         for k in range(m):
-            dx[k, ch] = d_xhat[k] * r + d_var * 2 * (xs[k, ch] - mu) / m + d_mu / m
+            dbias[ch] += gy[k]
+            dscale[ch] += gy[k] * xhat[k]
+        d_xhat = [gy[k] * scale[ch] for k in range(m)]
+        d_r = sum(d_xhat[k] * d[k] for k in range(m))           # 5: xhat_k = d_k r
+        d_d = [d_xhat[k] * r for k in range(m)]                 # 5: the direct path to d_k
+        d_var = d_r * -0.5 * (var + eps) ** -1.5                # 4: r = (var + eps)^(-1/2)
+        d_d = [d_d[k] + d_var * 2 * d[k] / m for k in range(m)]  # 3: var = sum d_k^2 / m
+        d_mu = -sum(d_d)                                        # 2: d_k = x_k - mu
+        for k in range(m):
+            dx[k, ch] = d_d[k] + d_mu / m                       # 2 and 1: mu = sum x_k / m
     return y.reshape(x.shape), dx.reshape(x.shape), dscale, dbias
 
 

@@ -1,0 +1,117 @@
+"""Activations: each rule against autodiff of jcnn.reference (first and second order) and float64
+finite differences; the convention at exactly 0 (relu's gradient there is 0, leaky relu's is the
+slope); stability at large |x|; what each forward saves; low precision; jit and vmap."""
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.ad_checkpoint import print_saved_residuals
+
+import jcnn
+from jcnn import reference
+from gradcheck import (assert_finite_differences, assert_matches_reference,
+                       assert_second_order_matches, tol)
+
+X = jnp.asarray(np.random.default_rng(0).standard_normal((3, 7)))
+AT_ZERO = jnp.array([-2.0, 0.0, 0.0, 3.0])
+
+ACTIVATIONS = [  # (op, kwargs, derivative at exactly 0, what the forward saves for the backward)
+    pytest.param("relu", {}, 0.0, "bool[3,7] output of gt", id="relu"),
+    pytest.param("leaky_relu", {}, 0.01, "bool[3,7] output of gt", id="leaky-default"),
+    pytest.param("leaky_relu", {"negative_slope": 0.2}, 0.2, "bool[3,7] output of gt", id="leaky-0.2"),
+    pytest.param("leaky_relu", {"negative_slope": -0.5}, -0.5, "bool[3,7] output of gt",
+                 id="leaky-negative-slope"),
+    pytest.param("sigmoid", {}, 0.25, "f64[3,7] output of custom_vjp_call", id="sigmoid"),
+    pytest.param("tanh", {}, 1.0, "f64[3,7] output of custom_vjp_call", id="tanh"),
+    pytest.param("gelu", {"approximate": True}, 0.5, "f64[3,7] from the argument x", id="gelu-tanh"),
+    pytest.param("gelu", {"approximate": False}, 0.5, "f64[3,7] from the argument x", id="gelu-erf"),
+]
+
+
+def ops(name, kwargs, jit=False):
+    f, ref = (partial(getattr(m, name), **kwargs) for m in (jcnn, reference))
+    return (jax.jit(f), jax.jit(ref)) if jit else (f, ref)
+
+
+@pytest.mark.parametrize("name, kwargs, slope0, saved", ACTIVATIONS)
+def test_rule_matches_autodiff_and_finite_differences(name, kwargs, slope0, saved):
+    f, ref = ops(name, kwargs, jit=True)
+    assert_matches_reference(f, ref, (X,), (0,))
+    assert_second_order_matches(f, ref, (X,), (0,))
+    assert_finite_differences(f, (X,), (0,), order=2)
+
+
+@pytest.mark.parametrize("name, kwargs, slope0, saved", ACTIVATIONS)
+def test_derivative_at_exactly_zero_follows_the_reference(name, kwargs, slope0, saved):
+    f, ref = ops(name, kwargs)
+    grad = jax.grad(lambda x: jnp.sum(f(x)))(AT_ZERO)
+    np.testing.assert_array_equal(grad[1:3], [slope0, slope0])
+    np.testing.assert_allclose(grad, jax.grad(lambda x: jnp.sum(ref(x)))(AT_ZERO), rtol=1e-12)
+    assert_second_order_matches(f, ref, (AT_ZERO,), (0,))
+
+
+@pytest.mark.parametrize("name, kwargs, slope0, saved", ACTIVATIONS)
+def test_forward_saves_the_least_the_backward_needs(name, kwargs, slope0, saved, capsys):
+    print_saved_residuals(ops(name, kwargs)[0], X)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(saved), lines
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16])
+@pytest.mark.parametrize("name, kwargs, slope0, saved", ACTIVATIONS)
+def test_no_overflow_or_nan_at_large_inputs(name, kwargs, slope0, saved, dtype):
+    x = jnp.array([-100.0, -20.0, 0.0, 20.0, 100.0], dtype)
+    f, ref = ops(name, kwargs)
+    with jax.debug_nans(True):  # raises on the first NaN any primitive produces
+        y, grad = f(x), jax.grad(lambda x: jnp.sum(f(x)))(x)
+    assert bool(jnp.all(jnp.isfinite(y))) and bool(jnp.all(jnp.isfinite(grad))), (y, grad)
+    np.testing.assert_allclose(np.asarray(y, np.float64), np.asarray(ref(x), np.float64),
+                               rtol=tol(dtype))
+
+
+@pytest.mark.parametrize("name, kwargs, slope0, saved", ACTIVATIONS[:6])
+def test_infinite_inputs_as_the_reference(name, kwargs, slope0, saved):
+    """relu(-inf) is 0 (not 0 * -inf); sigmoid and tanh saturate with a zero gradient."""
+    x = jnp.array([-jnp.inf, jnp.inf])
+    f, ref = ops(name, kwargs)
+    np.testing.assert_array_equal(f(x), ref(x))
+    np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(f(x)))(x),
+                                  jax.grad(lambda x: jnp.sum(ref(x)))(x))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name, kwargs, slope0, saved", ACTIVATIONS)
+def test_low_precision_matches_float64(name, kwargs, slope0, saved, dtype):
+    """The rule run in `dtype` against autodiff in float64 on the same rounded input."""
+    f, ref = ops(name, kwargs, jit=True)
+    in_f64 = lambda x: ref(x.astype(jnp.float64)).astype(dtype)
+    assert_matches_reference(f, in_f64, (X.astype(dtype),), (0,), rtol=tol(dtype))
+
+
+@pytest.mark.parametrize("name, kwargs, slope0, saved", ACTIVATIONS)
+def test_under_jit_vmap_and_vmap_of_grad(name, kwargs, slope0, saved):
+    f = ops(name, kwargs)[0]
+    per_row = jax.grad(lambda x: jnp.sum(jnp.sin(f(x))))
+    np.testing.assert_allclose(jax.jit(f)(X), f(X), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(jax.vmap(per_row))(X), [per_row(x) for x in X], rtol=1e-12)
+
+
+BAD = [  # (id, op, args, kwargs, exception, words the message must contain)
+    ("relu-int", "relu", (jnp.arange(3),), {}, TypeError, ["x", "floating"]),
+    ("sigmoid-bool", "sigmoid", (jnp.ones(3, bool),), {}, TypeError, ["x", "floating"]),
+    ("tanh-int", "tanh", (jnp.arange(3),), {}, TypeError, ["x", "floating"]),
+    ("gelu-int", "gelu", (jnp.arange(3),), {}, TypeError, ["x", "floating"]),
+    ("gelu-string", "gelu", (X,), {"approximate": "none"}, TypeError, ["approximate"]),
+    ("leaky-int", "leaky_relu", (jnp.arange(3),), {}, TypeError, ["x", "floating"]),
+    ("leaky-slope-string", "leaky_relu", (X,), {"negative_slope": "0.1"}, TypeError, ["negative_slope"]),
+    ("leaky-slope-array", "leaky_relu", (X,), {"negative_slope": jnp.ones(2)}, TypeError, ["negative_slope"]),
+]
+
+
+@pytest.mark.parametrize("op, args, kwargs, error, words", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_input_is_refused_naming_the_argument(op, args, kwargs, error, words):
+    with pytest.raises(error, match=f"^{op}: ") as raised:
+        getattr(jcnn, op)(*args, **kwargs)
+    assert all(word in str(raised.value) for word in words), str(raised.value)

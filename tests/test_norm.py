@@ -1,0 +1,133 @@
+"""batch_norm (training mode): the closed-form backward through the batch statistics against
+autodiff of jcnn.reference (first and second order), float64 finite differences and the
+step-by-step NumPy loops; the identities the gradient must keep; low precision; jit and vmap."""
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.ad_checkpoint import print_saved_residuals
+
+import jcnn
+from jcnn import naive, reference
+from gradcheck import (assert_finite_differences, assert_matches_reference,
+                       assert_second_order_matches, tol)
+
+
+def bn_args(*shape, seed=0):
+    """x with per-channel means and spreads far from 0 and 1, so normalising does something."""
+    rng = np.random.default_rng([seed, *shape])
+    c = shape[-1]
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 3, c) + rng.uniform(-2, 2, c)
+    return tuple(jnp.asarray(a) for a in (x, rng.uniform(0.5, 2, c), rng.standard_normal(c)))
+
+
+CASES = [  # (x shape, eps)
+    pytest.param((8, 5), 1e-5, id="NC"),
+    pytest.param((3, 4, 4, 2), 1e-5, id="NHWC"),
+    pytest.param((1, 3, 3, 2), 1e-5, id="N1-spatial"),
+    pytest.param((2, 5, 3), 0.5, id="NLC-large-eps"),
+    pytest.param((1, 2, 3, 2), 0.0, id="N1-spatial-eps0"),
+]
+
+
+def bn(eps):
+    return jax.jit(partial(jcnn.batch_norm, eps=eps))  # one compile per shape, not one per op
+
+
+def bn_ref(eps):
+    return jax.jit(partial(reference.batch_norm, eps=eps))
+
+
+@pytest.mark.parametrize("shape, eps", CASES)
+def test_matches_autodiff_and_finite_differences(shape, eps):
+    assert_matches_reference(bn(eps), bn_ref(eps), bn_args(*shape), (0, 1, 2))
+    assert_finite_differences(bn(eps), bn_args(*shape), (0, 1, 2), order=2)
+
+
+@pytest.mark.parametrize("shape, eps", CASES)
+def test_second_order_matches_autodiff(shape, eps):
+    assert_second_order_matches(bn(eps), bn_ref(eps), bn_args(*shape), (0, 1, 2))
+
+
+@pytest.mark.parametrize("shape, eps", CASES)
+def test_matches_the_loops(shape, eps):
+    args = bn_args(*shape)
+    g = jnp.asarray(np.random.default_rng(7).standard_normal(shape))
+    y, pull = jax.vjp(bn(eps), *args)
+    y_loops, *grads = naive.batch_norm_backward(*args, g, eps=eps)
+    np.testing.assert_allclose(y, y_loops, rtol=1e-10, atol=1e-12)
+    for got, want, name in zip(pull(g), grads, ("dx", "dscale", "dbias")):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+@pytest.mark.parametrize("shape, eps", CASES)
+def test_output_is_normalised_and_dx_is_blind_to_shift_and_scale(shape, eps):
+    """With scale 1, bias 0 each channel comes out with mean 0 and variance var / (var + eps).
+    y does not change when a channel of x is shifted (nor, when eps = 0, scaled), so for any g
+    dx summed over a channel is 0 (and, when eps = 0, dx is orthogonal to that channel of x)."""
+    x, _, _ = bn_args(*shape)
+    c, axes = shape[-1], tuple(range(len(shape) - 1))
+    y = jcnn.batch_norm(x, jnp.ones(c), jnp.zeros(c), eps=eps)
+    var = np.var(np.asarray(x), axis=axes)
+    np.testing.assert_allclose(jnp.mean(y, axis=axes), 0, atol=1e-12)
+    np.testing.assert_allclose(jnp.var(y, axis=axes), var / (var + eps), rtol=1e-12)
+    g = jnp.asarray(np.random.default_rng(3).standard_normal(shape))
+    dx = jax.vjp(bn(eps), *bn_args(*shape))[1](g)[0]
+    np.testing.assert_allclose(jnp.sum(dx, axis=axes), 0, atol=1e-12)
+    if eps == 0:
+        np.testing.assert_allclose(jnp.sum(dx * x, axis=axes), 0, atol=1e-11)
+
+
+def test_forward_saves_xhat_r_and_scale_only(capsys):
+    print_saved_residuals(bn(1e-5), *bn_args(3, 4, 4, 2))
+    saved = sorted(line.split(" ")[0] for line in capsys.readouterr().out.splitlines())
+    assert saved == ["f64[1,1,1,2]", "f64[2]", "f64[3,4,4,2]"], saved  # r, scale, xhat
+
+
+def as_dtype(args, dtype):
+    return tuple(a.astype(dtype) for a in args)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("shape, eps", [c for c in CASES if c.id == "NHWC"])
+def test_low_precision_matches_float64(shape, eps, dtype):
+    """The rule run in `dtype` against autodiff in float64 on the very same rounded inputs;
+    cotangents come back in `dtype`."""
+    in_f64 = lambda *a: bn_ref(eps)(*as_dtype(a, jnp.float64)).astype(dtype)
+    assert_matches_reference(bn(eps), in_f64, as_dtype(bn_args(*shape), dtype), (0, 1, 2),
+                             rtol=tol(dtype))
+
+
+def test_under_jit_vmap_and_vmap_of_grad():
+    """vmap over a leading axis: each slice is a batch of its own, with its own statistics."""
+    xs = jnp.stack([bn_args(4, 3, seed=s)[0] for s in range(3)])
+    _, scale, bias = bn_args(4, 3)
+    loss = lambda x, scale: jnp.sum(jnp.sin(jcnn.batch_norm(x, scale, bias)))
+    np.testing.assert_allclose(jax.vmap(lambda x: jcnn.batch_norm(x, scale, bias))(xs),
+                               [reference.batch_norm(x, scale, bias) for x in xs], rtol=1e-12)
+    per = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(0, None)))(xs, scale)
+    for i, x in enumerate(xs):
+        for got, want in zip(per, jax.grad(loss, argnums=(0, 1))(x, scale)):
+            np.testing.assert_allclose(got[i], want, rtol=1e-11)
+
+
+X = jnp.zeros((2, 3, 3, 4), jnp.float32)
+ONE, ZERO = jnp.ones(4, jnp.float32), jnp.zeros(4, jnp.float32)
+BAD = [  # (id, args, kwargs, exception, words the message must contain); more in test_errors.py
+    ("x-int", (X.astype(jnp.int32), ONE, ZERO), {}, TypeError, ["x", "floating"]),
+    ("bias-dtype", (X, ONE, ZERO.astype(jnp.float16)), {}, TypeError, ["dtype", "bias"]),
+    ("scale-rank2", (X, ONE[None], ZERO), {}, ValueError, ["scale", "(4,)"]),
+    ("x-scalar", (jnp.float32(1), ONE, ZERO), {}, ValueError, ["x", "rank"]),
+    ("eps-negative", (X, ONE, ZERO), {"eps": -1.0}, ValueError, ["eps", ">= 0"]),
+    ("eps-string", (X, ONE, ZERO), {"eps": "1e-5"}, TypeError, ["eps"]),
+    ("eps-array", (X, ONE, ZERO), {"eps": jnp.ones(4)}, TypeError, ["eps"]),
+]
+
+
+@pytest.mark.parametrize("args, kwargs, error, words", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_input_is_refused_naming_the_argument(args, kwargs, error, words):
+    with pytest.raises(error, match="^batch_norm: ") as raised:
+        jcnn.batch_norm(*args, **kwargs)
+    assert all(word in str(raised.value) for word in words), str(raised.value)
