@@ -22,6 +22,7 @@ from jax import lax
 from jcnn._args import IntPair, PaddingLike, out_size
 from jcnn._validate import (ConvConfig, conv2d_config, conv_transpose2d_config,
                             conv_transpose2d_out_hw)
+from jcnn._windows import window_views
 from jcnn.dense import add_bias  # y + b[o] over the channel axis; db = sum of g
 
 Array = jax.Array
@@ -155,9 +156,50 @@ def _bilinear_fwd(f):
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _conv2d(cfg: ConvConfig, x: Array, w: Array) -> Array:
+    if _taps_pay(x, w):
+        return _tap_sum(cfg, x, w)
     return lax.conv_general_dilated(x, w, window_strides=cfg.stride, padding=cfg.pads,
                                     rhs_dilation=cfg.dilation, dimension_numbers=_NHWC,
                                     feature_group_count=cfg.groups)
+
+
+def _taps_pay(x: Array, w: Array) -> bool:
+    """On CPU, a one-channel input with at most 1024 kernel taps x output channels. XLA:CPU's
+    convolution with C = 1 takes a slow generic path; on 2 cores, B=128, the tap sum measured
+    0.09x its time for 5x5 1->6 (LeNet's conv1), 0.17x for 1->16, 0.23x for 3x3 1->64,
+    0.79x for 5x5 1->32, but 1.33x for 7x7 1->64 stride 2 (benchmarks/conv_forms.py)."""
+    kh, kw, _, o = w.shape  # x's own channels: a depthwise w has 1 input channel too
+    return x.shape[3] == 1 and kh * kw * o <= 1024 and jax.default_backend() == "cpu"
+
+
+def _tap_sum(cfg: ConvConfig, x: Array, w: Array, parts: int = 4) -> Array:
+    """The forward with one input channel as a sum over the kernel's taps,
+    Y = sum_{i,j} Xp_ij * W[i,j,0,:] (Xp_ij: the (N, OH, OW, 1) view tap (i, j) reads), which
+    XLA fuses into one loop. Accumulates in float32 at least, as the convolution does.
+
+    The sum runs in a `fori_loop` over `parts` slices of the batch, so that Y is a stored
+    buffer: as a plain expression XLA:CPU fused it into each of its consumers (the relu, the
+    pool's windows, the backward's mask) and recomputed it there, three times over and slower
+    than once (LeNet B=128 step 0.85x autodiff's time with the plain sum, 0.54x with the loop).
+    The batch is zero-padded to a multiple of `parts` and the padding's rows are dropped."""
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    taps = w.astype(acc).reshape(-1, 1, 1, 1, w.shape[3])  # (kh*kw, 1, 1, 1, O)
+
+    def tap_sum(xs):
+        views = window_views(xs.astype(acc), w.shape[:2], cfg.stride, cfg.dilation, cfg.pads, 0)
+        return jnp.sum(jnp.stack([v * t for v, t in zip(views, taps)]), axis=0).astype(x.dtype)
+
+    n = x.shape[0]
+    parts = min(parts, n)
+    size = -(-n // parts)
+    xs = jnp.pad(x, ((0, parts * size - n), (0, 0), (0, 0), (0, 0)))
+    out = jax.eval_shape(tap_sum, xs[:size])
+    y = jnp.zeros((parts * size, *out.shape[1:]), out.dtype)
+
+    def part(k, y):
+        return lax.dynamic_update_slice_in_dim(
+            y, tap_sum(lax.dynamic_slice_in_dim(xs, k * size, size)), k * size, 0)
+    return lax.fori_loop(0, parts, part, y)[:n]
 
 
 def _conv2d_bwd(cfg, res, g):

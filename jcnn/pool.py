@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jcnn._validate import PoolConfig, avg_pool_counts, pool_config, pool_out_hw
+from jcnn._validate import PoolConfig, avg_pool_counts, pool_config
+from jcnn._windows import window_views
 
 Array = jax.Array
 Method = Literal["argmax", "mask"]
@@ -45,14 +46,7 @@ def default_method() -> Method:
 
 def _windows(x: Array, cfg: PoolConfig, fill) -> list[Array]:
     """The K strided views Xp_k, each (N, OH, OW, C), in row-major window order."""
-    (top, bottom), (left, right) = cfg.pads
-    xp = lax.pad(x, jnp.array(fill, x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0),
-                                                (0, 0, 0)))
-    (oh, ow), (sh, sw) = pool_out_hw(x.shape, cfg), cfg.stride
-    n, c = x.shape[0], x.shape[3]
-    return [lax.slice(xp, (0, i, j, 0), (n, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c),
-                      (1, sh, sw, 1))
-            for i in range(cfg.window[0]) for j in range(cfg.window[1])]
+    return window_views(x, cfg.window, cfg.stride, (1, 1), cfg.pads, fill)
 
 
 def _place(parts: list[Array], cfg: PoolConfig, x_shape) -> Array:

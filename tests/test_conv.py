@@ -150,8 +150,9 @@ def test_matches_naive_loops(op, c, rng):
     assert_matches_loops(op, x, w, b, c.kw, rng)
 
 
-SECOND_ORDER = {"stride2-unreached-rows", "same-odd-stride2", "stride2-output-padding", "depthwise",
-                "everything"}
+# stride3-unreached-rows has one input channel: on CPU its forward is the tap sum
+SECOND_ORDER = {"stride2-unreached-rows", "stride3-unreached-rows", "same-odd-stride2",
+                "stride2-output-padding", "depthwise", "everything"}
 
 
 @pytest.mark.parametrize("op, c", params(names=SECOND_ORDER))
@@ -188,7 +189,7 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(c, rng):
                                rtol=1e-12)
 
 
-JIT_VMAP = {"stride2-unreached-rows", "k2-s2-pad1-narrow", "everything"}
+JIT_VMAP = {"stride2-unreached-rows", "stride3-unreached-rows", "k2-s2-pad1-narrow", "everything"}
 
 
 @pytest.mark.parametrize("op, c", params(names=JIT_VMAP))
@@ -216,7 +217,7 @@ def test_vmap_and_vmap_of_grad_agree_with_a_loop(op, c, rng):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
-@pytest.mark.parametrize("op, c", params(names={"everything"}))
+@pytest.mark.parametrize("op, c", params(names={"everything", "stride3-unreached-rows"}))
 def test_low_precision_matches_float64(op, c, dtype, rng):
     """The same (rounded) inputs in float64 and in `dtype`: the result and cotangents come
     back in `dtype`, within that dtype's tolerance of the float64 ones."""
@@ -307,3 +308,24 @@ def test_forward_and_backward_compile_to_three_convolutions_and_no_scatter(op, c
     assert text.count("stablehlo.convolution") == 3, text
     for word in ("scatter", "gather", "select_and_scatter"):
         assert word not in text
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the tap sum is the CPU form")
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((3, 12, 12, 1), (5, 5, 1, 6), dict(padding=2)),  # LeNet's first conv
+    ((5, 7, 6, 1), (3, 3, 1, 2), dict(padding=1)),  # 5 images in 4 parts: 3 padding rows
+    ((2, 9, 8, 1), (3, 2, 1, 4), dict(stride=(2, 1), dilation=(1, 2), padding=((2, 0), (1, 3)))),
+])
+def test_one_channel_forward_on_cpu_is_a_tap_sum_with_the_same_values(x_shape, w_shape, kw, rng):
+    """With C = 1 the forward is no convolution (the filter gradient still is one) but a loop
+    over parts of the batch (so that XLA stores its result instead of recomputing it in every
+    consumer), and it equals XLA's convolution of the same operands."""
+    x, w = (jnp.asarray(rng.standard_normal(s)) for s in (x_shape, w_shape))
+    cfg = conv2d_config(x, w, None, kw.get("stride", 1), kw["padding"], kw.get("dilation", 1), 1)
+    want = jax.lax.conv_general_dilated(x, w, cfg.stride, cfg.pads, rhs_dilation=cfg.dilation,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(jcnn.conv2d(x, w, **kw), want, rtol=1e-12, atol=1e-12)
+    forward = jax.jit(lambda w: jcnn.conv2d(x, w, **kw)).lower(w).as_text()
+    assert "convolution" not in forward and "stablehlo.while" in forward
+    filter_grad = jax.jit(jax.grad(lambda w: jnp.sum(jcnn.conv2d(x, w, **kw) ** 2))).lower(w)
+    assert filter_grad.as_text().count("stablehlo.convolution") == 1
