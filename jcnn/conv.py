@@ -7,7 +7,8 @@ The op is the trilinear form <conv2d(x, w), g>; its three bilinear maps are the 
 public `conv_transpose2d`) and the filter gradient (`_conv2d_dw`: dw from x, g). Each is a
 `custom_vjp` whose backward is written with the other two, so the family is closed under
 differentiation: `jax.grad` of `jax.grad` runs through these rules too, never through JAX's
-autodiff of a convolution.
+autodiff of a convolution. On CPU the forward with one input channel is a sum over the kernel's
+taps instead of XLA's convolution (`_tap_sum`), the same map computed faster.
 """
 from __future__ import annotations
 
