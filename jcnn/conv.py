@@ -181,7 +181,8 @@ def _tap_sum(cfg: ConvConfig, x: Array, w: Array, parts: int = 4) -> Array:
     The sum runs in a `fori_loop` over `parts` slices of the batch, so that Y is a stored
     buffer: as a plain expression XLA:CPU fused it into each of its consumers (the relu, the
     pool's windows, the backward's mask) and recomputed it there, three times over and slower
-    than once (LeNet B=128 step 0.85x autodiff's time with the plain sum, 0.54x with the loop).
+    than once (LeNet step at B=128 and 512: 0.83-0.85x autodiff's time with the plain sum,
+    0.56-0.58x with the loop; benchmarks/RESULTS.md).
     The batch is zero-padded to a multiple of `parts` and the padding's rows are dropped."""
     acc = jnp.promote_types(x.dtype, jnp.float32)
     taps = w.astype(acc).reshape(-1, 1, 1, 1, w.shape[3])  # (kh*kw, 1, 1, 1, O)
