@@ -53,11 +53,49 @@ def _batch_norm_fwd(eps, x, scale, bias):
 
 def _batch_norm_bwd(eps, res, g):
     xhat, r, scale = res
-    axes = _axes(g)
-    gh = g * _channel(scale, g.ndim)
-    dx = r * (gh - jnp.mean(gh, axis=axes, keepdims=True)
-              - xhat * jnp.mean(gh * xhat, axis=axes, keepdims=True))
-    return dx, jnp.sum(g * xhat, axis=axes), jnp.sum(g, axis=axes)
+    dbias, dscale = _channel_sums(jax.default_backend() == "cpu", g, xhat)
+    m = g.size // g.shape[-1]
+    # mean(Gh) = scale * dbias / M and mean(Gh * xhat) = scale * dscale / M
+    dx = (r * _channel(scale, g.ndim)) * (g - _channel(dbias, g.ndim) / m
+                                          - xhat * (_channel(dscale, g.ndim) / m))
+    return dx, dscale, dbias
 
 
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _channel_sums(one_pass: bool, g: Array, xhat: Array) -> tuple[Array, Array]:
+    """(sum G, sum G * xhat) per channel, accumulated in float32 at least.
+
+    `one_pass` (CPU) makes them one variadic reduction, which XLA:CPU emits as a single loop
+    with xhat's recomputation from the forward's input fused in. As two sums, XLA:CPU hands
+    each to YNNPACK's reduce, which needs its operands stored: G * scale, xhat and G * xhat
+    were written out and read back (ResNet-8 step at B=32: 25 MB temp with one pass against
+    35 MB, and 0-20% less time; benchmarks/bn_forms.py, benchmarks/RESULTS.md). Elsewhere
+    the two sums stay: XLA:GPU fuses sibling reductions of one input by itself.
+    The map is bilinear; its own rule below keeps second order off JAX's transpose of a
+    variadic reduction, which fails on symbolic zeros (jax 0.10.2)."""
+    axes, acc = _axes(g), jnp.promote_types(g.dtype, jnp.float32)
+    g32, x32 = g.astype(acc), xhat.astype(acc)
+    if one_pass:
+        zero = jnp.zeros((), acc)
+        sums = lax.reduce((g32, g32 * x32), (zero, zero),
+                          lambda a, b: (a[0] + b[0], a[1] + b[1]), axes)
+    else:
+        sums = jnp.sum(g32, axis=axes), jnp.sum(g32 * x32, axis=axes)
+    return tuple(s.astype(g.dtype) for s in sums)
+
+
+def _channel_sums_fwd(one_pass, g, xhat):
+    return _channel_sums(one_pass, g, xhat), (g, xhat)
+
+
+def _channel_sums_bwd(one_pass, res, cts):
+    # d/dG of <a, sum G> + <b, sum G xhat> is a + b xhat; d/dxhat is b G
+    g, xhat = res
+    a, b = (_channel(c, g.ndim) for c in cts)
+    return (a + b * xhat).astype(g.dtype), (b * g).astype(xhat.dtype)
+
+
+_channel_sums.defvjp(_channel_sums_fwd, _channel_sums_bwd)

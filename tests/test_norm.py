@@ -86,6 +86,36 @@ def test_forward_saves_xhat_r_and_scale_only(capsys):
     assert saved == ["f64[1,1,1,2]", "f64[2]", "f64[3,4,4,2]"], saved  # r, scale, xhat
 
 
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "two-sums"])
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16])
+def test_channel_sums_both_forms(one_pass, dtype):
+    """The backward's per-channel (sum G, sum G xhat), in the form each backend gets: equal to
+    NumPy's float64 sums (bfloat16 inputs are accumulated in float32, then rounded once), and
+    with first and second order equal to autodiff of the plain sums (its own rule keeps the
+    variadic reduction off JAX's transpose)."""
+    from jcnn.norm import _channel_sums
+    g, xhat = (bn_args(3, 4, 5, 2, seed=s)[0].astype(dtype) for s in (1, 2))
+    got = _channel_sums(one_pass, g, xhat)
+    g64, x64 = np.asarray(g, np.float64), np.asarray(xhat, np.float64)
+    for got_s, want in zip(got, (g64.sum((0, 1, 2)), (g64 * x64).sum((0, 1, 2)))):
+        assert got_s.dtype == dtype
+        np.testing.assert_allclose(np.asarray(got_s, np.float64), want, rtol=tol(dtype))
+    if dtype == jnp.float64:
+        plain = lambda g, x: jnp.stack([jnp.sum(g, axis=(0, 1, 2)), jnp.sum(g * x, axis=(0, 1, 2))])
+        sums = lambda g, x: jnp.stack(_channel_sums(one_pass, g, x))
+        assert_matches_reference(sums, plain, (g, xhat), (0, 1))
+        assert_second_order_matches(sums, plain, (g, xhat), (0, 1))
+
+
+def test_cpu_backward_reduces_in_one_pass():
+    """On CPU the backward's two channel sums are one variadic reduction (one loop over G and
+    xhat), not two reductions."""
+    x, scale, bias = as_dtype(bn_args(3, 4, 4, 2), jnp.float32)
+    pull = lambda x, g: jax.vjp(lambda x: jcnn.batch_norm(x, scale, bias), x)[1](g)[0]
+    text = jax.jit(pull).lower(x, x).as_text()
+    assert jax.default_backend() != "cpu" or text.count(":2 = stablehlo.reduce") == 1, text
+
+
 def as_dtype(args, dtype):
     return tuple(a.astype(dtype) for a in args)
 

@@ -1,0 +1,49 @@
+"""The batch-norm backward's two channel sums, one pass or two, in the whole ResNet-8 training
+step: autodiff, jcnn as shipped (on CPU one variadic reduction, `jcnn.norm._channel_sums`) and
+jcnn with the two sums as separate `jnp.sum`s (what ships off CPU), timed interleaved, with
+XLA's temp memory. The candidate is built by patching the module function before compiling.
+
+    python benchmarks/bn_forms.py [--batch-sizes 32 128] [--repeats 30]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import jcnn
+from jcnn import bench, norm, reference
+
+
+def two_sums_runner(spec, images, labels):
+    """A jcnn step whose batch norms reduce in two sums whatever the backend."""
+    shipped = norm._channel_sums
+    norm._channel_sums = lambda one_pass, g, xhat: shipped(False, g, xhat)
+    try:
+        return bench.jax_step_runner(spec, jcnn, images, labels, None)
+    finally:
+        norm._channel_sums = shipped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 128])
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    spec = bench.MODELS["resnet8"]
+    for batch in args.batch_sizes:
+        images, labels = bench._batch(spec, batch)
+        made = {"autodiff": bench.jax_step_runner(spec, reference, images, labels, None),
+                "jcnn": bench.jax_step_runner(spec, jcnn, images, labels, None),
+                "jcnn, two sums": two_sums_runner(spec, images, labels)}
+        times = bench.interleaved({k: run for k, (run, _) in made.items()}, args.repeats,
+                                  rounds=10)
+        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        for name, (_, memory) in made.items():
+            print(f"resnet8 B={batch:4d} {name:15s} {ms[name]:8.2f} ms  "
+                  f"x{ms[name] / ms['autodiff']:.2f} autodiff  "
+                  f"x{ms[name] / ms['jcnn, two sums']:.2f} two sums  "
+                  f"temp {memory['temp_bytes'] / 1e6:6.1f} MB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
