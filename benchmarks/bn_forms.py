@@ -1,7 +1,7 @@
 """The batch-norm backward's two channel sums, one pass or two, in the whole ResNet-8 training
-step: autodiff, jcnn as shipped (on CPU one variadic reduction, `jcnn.norm._channel_sums`) and
-jcnn with the two sums as separate `jnp.sum`s (what ships off CPU), timed interleaved, with
-XLA's temp memory. The candidate is built by patching the module function before compiling.
+step: autodiff, jcnn as shipped (on CPU one variadic reduction, `jcnn.norm._channel_sums`;
+elsewhere two `jnp.sum`s), and jcnn with each form forced, timed interleaved, with XLA's temp
+memory. The forced forms are built by patching the module function before compiling.
 
     python benchmarks/bn_forms.py [--batch-sizes 32 128] [--repeats 30]
 """
@@ -14,10 +14,10 @@ import jcnn
 from jcnn import bench, norm, reference
 
 
-def two_sums_runner(spec, images, labels):
-    """A jcnn step whose batch norms reduce in two sums whatever the backend."""
+def forced_runner(spec, images, labels, one_pass: bool):
+    """A jcnn step whose batch norms reduce in one pass (or two sums) whatever the backend."""
     shipped = norm._channel_sums
-    norm._channel_sums = lambda one_pass, g, xhat: shipped(False, g, xhat)
+    norm._channel_sums = lambda _, g, xhat: shipped(one_pass, g, xhat)
     try:
         return bench.jax_step_runner(spec, jcnn, images, labels, None)
     finally:
@@ -34,7 +34,8 @@ def main() -> None:
         images, labels = bench._batch(spec, batch)
         made = {"autodiff": bench.jax_step_runner(spec, reference, images, labels, None),
                 "jcnn": bench.jax_step_runner(spec, jcnn, images, labels, None),
-                "jcnn, two sums": two_sums_runner(spec, images, labels)}
+                "jcnn, one pass": forced_runner(spec, images, labels, True),
+                "jcnn, two sums": forced_runner(spec, images, labels, False)}
         times = bench.interleaved({k: run for k, (run, _) in made.items()}, args.repeats,
                                   rounds=10)
         ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
