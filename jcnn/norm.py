@@ -73,7 +73,8 @@ def _channel_sums(one_pass: bool, g: Array, xhat: Array) -> tuple[Array, Array]:
     each to YNNPACK's reduce, which needs its operands stored: G * scale, xhat and G * xhat
     were written out and read back (ResNet-8 step at B=32: 25 MB temp with one pass against
     35 MB, and 0-20% less time; benchmarks/bn_forms.py, benchmarks/RESULTS.md). Elsewhere
-    the two sums stay: XLA:GPU fuses sibling reductions of one input by itself.
+    the two sums stay, unmeasured: XLA:GPU's multi-output fusion can merge sibling reductions
+    by itself, and benchmarks/gpu_rows.sh times both forms where a GPU is lent.
     The map is bilinear; its own rule below keeps second order off JAX's transpose of a
     variadic reduction, which fails on symbolic zeros (jax 0.10.2)."""
     axes, acc = _axes(g), jnp.promote_types(g.dtype, jnp.float32)
