@@ -87,13 +87,14 @@ def _memory(compiled) -> dict:
 
 
 FIELDS = ("model", "op", "batch", "dtype", "impl", "median_ms", "min_ms", "runs", "ratio",
-          "temp_bytes", "argument_bytes", "temp_ratio", "note")
+          "torch_ratio", "temp_bytes", "argument_bytes", "temp_ratio", "note")
 
 
 def _rows(case: dict, times: dict[str, list[float]], memory: dict[str, dict],
           notes: dict[str, str], baseline: str = "autodiff") -> list[dict]:
     """One row per implementation, each with every field of `FIELDS` (None where it has no
-    value): median and fastest time, and `ratio` / `temp_ratio` against the baseline's."""
+    value): median and fastest time, `ratio` / `temp_ratio` against the baseline's, and for
+    the JAX rows `torch_ratio`, the median against the fastest PyTorch variant's (when any ran)."""
     rows = []
     for impl in [*times, *notes]:
         row = dict.fromkeys(FIELDS) | case | {"impl": impl, "note": notes.get(impl)}
@@ -108,6 +109,11 @@ def _rows(case: dict, times: dict[str, list[float]], memory: dict[str, dict],
             r["ratio"] = r["median_ms"] / base["median_ms"]
         if r["temp_bytes"] is not None and base["temp_bytes"]:
             r["temp_ratio"] = r["temp_bytes"] / base["temp_bytes"]
+    torch = [r["median_ms"] for r in rows
+             if r["impl"].startswith("torch-") and r["median_ms"] is not None]
+    for r in rows:
+        if torch and r["median_ms"] is not None and not r["impl"].startswith("torch-"):
+            r["torch_ratio"] = r["median_ms"] / min(torch)
     return rows
 
 
@@ -308,12 +314,13 @@ def _fmt(value, spec: str) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """The rows as an aligned text table: times in ms, memory in MB, ratios to autodiff."""
+    """The rows as an aligned text table: times in ms, memory in MB, ratios to autodiff (and
+    to the fastest PyTorch variant)."""
     head = ("model", "op", "batch", "dtype", "impl", "median ms", "min ms", "ratio",
-            "temp MB", "arg MB", "temp ratio")
+            "vs torch", "temp MB", "arg MB", "temp ratio")
     lines = [head] + [(r["model"], r["op"], str(r["batch"]), r["dtype"], r["impl"],
                        _fmt(r["median_ms"], ".2f"), _fmt(r["min_ms"], ".2f"),
-                       _fmt(r["ratio"], ".2f"),
+                       _fmt(r["ratio"], ".2f"), _fmt(r["torch_ratio"], ".2f"),
                        _fmt(r["temp_bytes"] and r["temp_bytes"] / 1e6, ".2f"),
                        _fmt(r["argument_bytes"] and r["argument_bytes"] / 1e6, ".2f"),
                        _fmt(r["temp_ratio"], ".2f")) + ((r["note"],) if r["note"] else ())

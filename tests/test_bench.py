@@ -46,6 +46,23 @@ def test_smoke_ops_times_every_lenet_op():
                 [c.name for c in bench.OP_CASES if c.model == "lenet"])
 
 
+def test_ratios_are_to_autodiff_and_to_the_fastest_torch_variant():
+    """ratio: median over autodiff's; torch_ratio (JAX rows only): median over the fastest
+    PyTorch variant's median; temp_ratio: temp bytes over autodiff's."""
+    times = {"jcnn": [0.002, 0.004, 0.003], "autodiff": [0.006, 0.008], "torch-eager": [0.005],
+             "torch-compile": [0.0015, 0.0025]}
+    memory = {"jcnn": {"temp_bytes": 10, "argument_bytes": 4},
+              "autodiff": {"temp_bytes": 40, "argument_bytes": 4}}
+    rows = {r["impl"]: r for r in bench._rows({"model": "lenet"}, times, memory, {})}
+    assert rows["jcnn"]["ratio"] == pytest.approx(3 / 7)
+    assert rows["jcnn"]["torch_ratio"] == pytest.approx(3 / 2)
+    assert rows["autodiff"]["torch_ratio"] == pytest.approx(7 / 2)
+    assert rows["torch-eager"]["torch_ratio"] is None and rows["torch-eager"]["ratio"] == 5 / 7
+    assert rows["jcnn"]["temp_ratio"] == 0.25 and rows["torch-compile"]["temp_ratio"] is None
+    no_torch = bench._rows({}, {"jcnn": [1.0], "autodiff": [2.0]}, {}, {})
+    assert all(r["torch_ratio"] is None for r in no_torch)
+
+
 def test_torch_modes_are_checked():
     with pytest.raises(SystemExit, match="--torch takes none"):
         bench._torch_modes("eager,jit", smoke=False)
