@@ -31,6 +31,7 @@ import optax
 
 import jcnn
 from jcnn import models, reference
+from jcnn._atomic import atomic_open
 from jcnn.layers import Layer
 from jcnn.train import init_train_state, make_train_step
 
@@ -356,5 +357,6 @@ def run(args) -> int:
     print(format_table(rows))
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if args.json:
-        args.json.write_text(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
+        with atomic_open(args.json) as f:
+            f.write(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
     return 0

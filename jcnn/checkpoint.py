@@ -4,18 +4,18 @@ A pytree (params, model state, optax state, step, key, ...) is flattened by key 
 arrays — `params/0_conv2d/w`, `opt_state/0/mu/0_conv2d/w` — and written with `numpy.savez`; a
 JSON config rides along as one string array. Loading uses `allow_pickle=False` and a template
 tree of the same structure (e.g. a freshly initialised one), so nothing but arrays is ever read.
-Writes are atomic: a temporary file in the target directory, fsynced, then `os.replace`, so a
-crash mid-write leaves the previous checkpoint intact.
+Writes are atomic (`jcnn._atomic`): a crash mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Optional
 
 import jax
 import numpy as np
+
+from jcnn._atomic import atomic_open
 
 _CONFIG = "__config__"
 
@@ -50,18 +50,8 @@ def save_checkpoint(path: str | os.PathLike, tree, config: Optional[dict] = None
     if any(a.dtype == object for a in arrays.values()):
         raise TypeError("checkpoint: leaves must be numeric arrays, not Python objects")
     arrays[_CONFIG] = np.asarray(json.dumps(config or {}))
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_checkpoint(path: str | os.PathLike, like):

@@ -11,10 +11,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from jcnn._atomic import atomic_open
+
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, "wb") as f:  # never a torn PNG where a good one was
+        fig.savefig(f, format="png", dpi=100)
 
 
 def plot_curves(records: Sequence[dict], path: str | os.PathLike) -> None:

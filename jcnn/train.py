@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 import jcnn
 from jcnn import models, reference
+from jcnn._atomic import atomic_open
 from jcnn.checkpoint import load_checkpoint, read_config, save_checkpoint
 from jcnn.data import batches, load_dataset
 from jcnn.layers import Layer
@@ -139,7 +140,7 @@ DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 # What a run is: saved in each checkpoint, and what --resume restores.
 CONFIG_KEYS = ("data", "model", "batch_size", "optimizer", "lr", "lr_decay", "seed", "dtype",
                "grad")
-CHECKPOINT = "checkpoint.npz"
+CHECKPOINT, METRICS = "checkpoint.npz", "metrics.jsonl"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -273,10 +274,19 @@ def _train_epoch(setup: _Setup, ts: TrainState, epoch: int, epochs: int, interru
     return ts, losses, time.perf_counter() - start, None
 
 
-def _write_outputs(out: Path, before: np.ndarray, after: np.ndarray) -> None:
-    """curves.png from the whole metrics.jsonl (resumed runs included) and filters.png."""
+def _records_until(out: Path, step: int) -> list[dict]:
+    """The metrics.jsonl records of the run being resumed at `step`, those up to it. Each epoch
+    writes its record, then its checkpoint: a run that died between the two re-runs the epoch,
+    and its first record is dropped here rather than kept twice."""
+    path = out / METRICS
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [r for r in map(json.loads, lines) if r["step"] <= step]
+
+
+def _write_outputs(out: Path, records: list[dict], before: np.ndarray,
+                   after: np.ndarray) -> None:
+    """curves.png from every record (resumed runs included) and filters.png."""
     from jcnn import plots  # only now: matplotlib is slow to import and needed only here
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     plots.plot_curves(records, out / "curves.png")
     if before is not None:
         plots.plot_filters(before, after, out / "filters.png")
@@ -291,10 +301,11 @@ def run(args) -> int:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         if not args.resume:
-            (out / "metrics.jsonl").unlink(missing_ok=True)
+            (out / METRICS).unlink(missing_ok=True)
     start = time.perf_counter()
     setup, ts, before = _setup(config, args.data_dir, resume_from)
     data, bs = setup.data, config["batch_size"]
+    records = _records_until(out, int(ts.step)) if out is not None else []
     print(f"jcnn train: {config['model']} on {data.name} ({len(data.train_labels)} train, "
           f"{len(data.test_labels)} test), {config['optimizer']} lr {config['lr']:g} "
           f"(x{config['lr_decay']:g} per epoch), batch {bs} "
@@ -330,9 +341,10 @@ def run(args) -> int:
             print(f"epoch {epoch + 1:3d}/{args.epochs}  train_loss {record['train_loss']:.4f}  "
                   f"test_loss {test[0]:.4f}  test_accuracy {test[1]:.2%}  "
                   f"{record['seconds']:.1f}s  {record['images_per_second']:.0f} img/s", flush=True)
+            records.append(record)
             if out is not None:
-                with open(out / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                with atomic_open(out / METRICS) as f:
+                    f.writelines(json.dumps(r) + "\n" for r in records)
                 save_checkpoint(out / CHECKPOINT, ts, config)
     if test is None:  # resumed a run that had already reached --epochs
         test = evaluate(setup.eval_step, ts.params, ts.state, data.test_images, data.test_labels,
@@ -340,5 +352,5 @@ def run(args) -> int:
     print(f"test accuracy {test[1]:.2%} ({round(test[1] * len(data.test_labels))}/"
           f"{len(data.test_labels)}), {time.perf_counter() - start:.1f}s in all")
     if out is not None:
-        _write_outputs(out, before, _first_kernel(ts.params))
+        _write_outputs(out, records, before, _first_kernel(ts.params))
     return 0

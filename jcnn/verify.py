@@ -18,6 +18,7 @@ import numpy as np
 
 import jcnn
 from jcnn import naive, reference
+from jcnn._atomic import atomic_open
 from jcnn.check import check_vjp
 
 NAIVE_RTOL = {"float64": 1e-9, "float32": 2e-4}
@@ -227,6 +228,6 @@ def run(args) -> int:
     print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed "
           f"({args.dtype}, order {args.order}{', taylor' if args.taylor else ''})")
     if args.json:
-        with open(args.json, "w") as fh:
+        with atomic_open(args.json) as fh:
             json.dump([r._asdict() for r in results], fh, indent=1)
     return 1 if failed else 0

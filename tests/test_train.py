@@ -151,8 +151,25 @@ def test_resume_continues_exactly_after_an_epoch_or_a_ctrl_c(cli, tmp_path, monk
         assert got.keys() == expected.keys()
         for k in expected:
             np.testing.assert_array_equal(got[k], expected[k], err_msg=f"{run.name}: {k}")
-    records = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2]
+    for run in (split, interrupted):
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["epoch"] for r in records] == [1, 2], run.name
+
+
+def test_a_run_that_died_before_its_checkpoint_reruns_the_epoch_once(cli, tmp_path):
+    """Each epoch writes its metrics record, then its checkpoint. Dying between the two leaves
+    the last checkpoint one epoch behind the metrics: the resumed run re-runs that epoch and
+    keeps one record for it, the new one."""
+    out = tmp_path / "run"
+    assert cli("--epochs", 1, "--out", out)[0] == 0
+    epoch_1 = (out / T.CHECKPOINT).read_bytes()
+    assert cli("--epochs", 2, "--out", out, "--resume")[0] == 0
+    (out / T.CHECKPOINT).write_bytes(epoch_1)  # as if it died before epoch 2's checkpoint
+    metrics = out / "metrics.jsonl"
+    metrics.write_text(metrics.read_text().replace('"epoch": 2', '"epoch": 2, "stale": true'))
+    assert cli("--epochs", 2, "--out", out, "--resume")[0] == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and "stale" not in records[1]
 
 
 def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cli, tmp_path,

@@ -1,0 +1,34 @@
+"""Atomic file writes, for every file jcnn writes (checkpoints, metrics, plots, JSON reports).
+
+The content goes to a new temporary file beside the target, is flushed and fsynced, and only
+then `os.replace`s the target: a reader, or a run that dies halfway (a crash, a full disk,
+Ctrl-C), sees the old file or the new one, never a torn one. The temporary file is created
+with mode 0o666 less the umask, as `open` would, so the result has the usual permissions.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """`with atomic_open(path, "w" or "wb") as f:` write to f; the target is replaced when the
+    block ends without an exception, and left as it was otherwise."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', got {mode!r}")
+    path = os.path.abspath(os.fspath(path))
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f".{name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
