@@ -88,14 +88,26 @@ def _memory(compiled) -> dict:
 
 
 FIELDS = ("model", "op", "batch", "dtype", "impl", "median_ms", "min_ms", "runs", "ratio",
-          "torch_ratio", "temp_bytes", "argument_bytes", "temp_ratio", "note")
+          "ratio_lo", "ratio_hi", "torch_ratio", "temp_bytes", "argument_bytes", "temp_ratio",
+          "note")
+
+
+def _round_ratios(t: list[float], base: list[float], rounds: int) -> list[float]:
+    """The ratio of medians within each interleaving round: a burst of load that slows one
+    round slows both paths in it, so the spread of these says how far the run's ratio can be
+    trusted."""
+    k = len(t) // rounds
+    return [statistics.median(t[i * k:(i + 1) * k]) / statistics.median(base[i * k:(i + 1) * k])
+            for i in range(rounds)]
 
 
 def _rows(case: dict, times: dict[str, list[float]], memory: dict[str, dict],
-          notes: dict[str, str], baseline: str = "autodiff") -> list[dict]:
+          notes: dict[str, str], baseline: str = "autodiff", rounds: int = 1) -> list[dict]:
     """One row per implementation, each with every field of `FIELDS` (None where it has no
-    value): median and fastest time, `ratio` / `temp_ratio` against the baseline's, and for
-    the JAX rows `torch_ratio`, the median against the fastest PyTorch variant's (when any ran)."""
+    value): median and fastest time, `ratio` / `temp_ratio` against the baseline's,
+    `ratio_lo`/`ratio_hi` the lowest and highest of the `rounds` per-round ratios (`times`
+    holds each round's runs in turn, as `interleaved` returns them), and for the JAX rows
+    `torch_ratio`, the median against the fastest PyTorch variant's (when any ran)."""
     rows = []
     for impl in [*times, *notes]:
         row = dict.fromkeys(FIELDS) | case | {"impl": impl, "note": notes.get(impl)}
@@ -108,6 +120,8 @@ def _rows(case: dict, times: dict[str, list[float]], memory: dict[str, dict],
     for r in rows:
         if r["median_ms"] is not None:
             r["ratio"] = r["median_ms"] / base["median_ms"]
+            per_round = _round_ratios(times[r["impl"]], times[baseline], rounds)
+            r["ratio_lo"], r["ratio_hi"] = min(per_round), max(per_round)
         if r["temp_bytes"] is not None and base["temp_bytes"]:
             r["temp_ratio"] = r["temp_bytes"] / base["temp_bytes"]
     torch = [r["median_ms"] for r in rows
@@ -168,7 +182,7 @@ def bench_step(name: str, batch: int, dtype: str, *, repeats: int, rounds: int,
         except Exception as e:  # torch.compile needs a C++ compiler and may fail: say so, go on
             notes[f"torch-{mode}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
     case = {"model": name, "op": "train step", "batch": batch, "dtype": dtype}
-    return _rows(case, interleaved(runners, repeats, rounds), memory, notes)
+    return _rows(case, interleaved(runners, repeats, rounds), memory, notes, rounds=rounds)
 
 
 # ---- single ops -----------------------------------------------------------------------------
@@ -246,7 +260,8 @@ def bench_op(case: OpCase, batch: int, dtype: str, *, repeats: int, rounds: int,
                  for a in case.args(np.random.default_rng(0), batch))
     runners, memory, notes = _jax_runners(hand, lambda ops: op_runner(case, ops, args))
     case_fields = {"model": case.model, "op": case.name, "batch": batch, "dtype": dtype}
-    return _rows(case_fields, interleaved(runners, repeats, rounds), memory, notes)
+    return _rows(case_fields, interleaved(runners, repeats, rounds), memory, notes,
+                 rounds=rounds)
 
 
 # ---- the command ----------------------------------------------------------------------------
@@ -315,13 +330,15 @@ def _fmt(value, spec: str) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """The rows as an aligned text table: times in ms, memory in MB, ratios to autodiff (and
-    to the fastest PyTorch variant)."""
+    """The rows as an aligned text table: times in ms, memory in MB, ratios to autodiff (with
+    their range over the rounds, and to the fastest PyTorch variant)."""
     head = ("model", "op", "batch", "dtype", "impl", "median ms", "min ms", "ratio",
-            "vs torch", "temp MB", "arg MB", "temp ratio")
+            "rounds", "vs torch", "temp MB", "arg MB", "temp ratio")
     lines = [head] + [(r["model"], r["op"], str(r["batch"]), r["dtype"], r["impl"],
                        _fmt(r["median_ms"], ".2f"), _fmt(r["min_ms"], ".2f"),
-                       _fmt(r["ratio"], ".2f"), _fmt(r["torch_ratio"], ".2f"),
+                       _fmt(r["ratio"], ".2f"),
+                       "-" if r["ratio_lo"] is None else f"{r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}",
+                       _fmt(r["torch_ratio"], ".2f"),
                        _fmt(r["temp_bytes"] and r["temp_bytes"] / 1e6, ".2f"),
                        _fmt(r["argument_bytes"] and r["argument_bytes"] / 1e6, ".2f"),
                        _fmt(r["temp_ratio"], ".2f")) + ((r["note"],) if r["note"] else ())

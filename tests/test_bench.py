@@ -63,6 +63,18 @@ def test_ratios_are_to_autodiff_and_to_the_fastest_torch_variant():
     assert all(r["torch_ratio"] is None for r in no_torch)
 
 
+def test_round_ratios_pair_each_round_with_the_baseline_s_same_round():
+    """Two rounds of two runs each: a slow second round (load from elsewhere) slows both paths,
+    and its ratio is taken within it; ratio itself stays the ratio of whole-run medians."""
+    times = {"jcnn": [1.0, 1.2, 3.0, 3.0], "autodiff": [2.0, 2.0, 4.0, 6.0]}
+    case = {"model": "lenet", "op": "train step", "batch": 8, "dtype": "float32"}
+    rows = {r["impl"]: r for r in bench._rows(case, times, {}, {}, rounds=2)}
+    assert (rows["jcnn"]["ratio_lo"], rows["jcnn"]["ratio_hi"]) == pytest.approx((0.55, 0.6))
+    assert rows["jcnn"]["ratio"] == pytest.approx(2.1 / 3.0)
+    assert rows["autodiff"]["ratio_lo"] == rows["autodiff"]["ratio_hi"] == 1.0
+    assert "0.55-0.60" in bench.format_table(list(rows.values()))
+
+
 def test_torch_modes_are_checked():
     with pytest.raises(SystemExit, match="--torch takes none"):
         bench._torch_modes("eager,jit", smoke=False)
