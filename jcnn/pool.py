@@ -10,6 +10,9 @@ on CPU (jaxlib 0.10.2, openxla/xla#46225). Input rows no window reaches receive 
 
 max:  Y = max_k Xp_k;  dX gets G at the FIRST k (row-major) with Xp_k == Y, as autodiff's
       select_and_scatter and PyTorch do; ties (e.g. zeros after ReLU) are never double counted.
+      When the windows tile the input (stride == window, the usual 2x2/2), each input element
+      sits in one window, the views are a reshape (`_tiles`) and the backward is its inverse
+      (`_untile`) instead of K pads.
 avg:  Y = sum_k Xp_k / D;  dX gets G / D from every k  (D = kh*kw, or the count of real
       elements in the window when count_include_pad=False).
 """
@@ -23,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jcnn._validate import PoolConfig, avg_pool_counts, pool_config
+from jcnn._validate import PoolConfig, avg_pool_counts, pool_config, pool_out_hw
 from jcnn._windows import window_views
 
 Array = jax.Array
@@ -38,8 +41,9 @@ def max_pool2d(x: Array, window, stride=None, padding=0) -> Array:
 
 
 def default_method() -> Method:
-    """argmax on CPU (an int8 index: 0.53-0.68x autodiff's LeNet step, 0.25x its temp memory,
-    on 2 cores); mask on GPU, where the index form measured 1.4-2x slower than autodiff on an
+    """argmax on CPU (what the backward needs, stored small: a bitmask of each window's maxima
+    when the windows tile the input, else an int8 index; 0.53-0.68x autodiff's LeNet step and
+    0.25x its temp memory on 2 cores with the index alone); mask on GPU, where the index form measured 1.4-2x slower than autodiff on an
     H100 and the mask form 0.60-0.66x."""
     return "argmax" if jax.default_backend() == "cpu" else "mask"
 
@@ -94,11 +98,63 @@ def _max_of(views: list[Array]) -> Array:
     return y
 
 
+def _tiled(cfg: PoolConfig) -> bool:
+    """The windows tile the input (stride == window) and their positions fit in 32 bits."""
+    return cfg.stride == cfg.window and cfg.window[0] * cfg.window[1] <= 32
+
+
+def _tiles(x: Array, cfg: PoolConfig, fill) -> Array:
+    """Tiling windows as a reshape: x padded with `fill` (negative padding crops the rows no
+    window reaches) to (N, OH*kh, OW*kw, C), read as (N, OH, kh, OW, kw, C), so that window
+    (y, x) position (i, j) is [:, y, i, x, j]."""
+    (kh, kw), ((top, _), (left, _)) = cfg.window, cfg.pads
+    n, h, w, c = x.shape
+    oh, ow = pool_out_hw(x.shape, cfg)
+    xp = lax.pad(x, jnp.array(fill, x.dtype), ((0, 0, 0), (top, oh * kh - h - top, 0),
+                                               (left, ow * kw - w - left, 0), (0, 0, 0)))
+    return xp.reshape(n, oh, kh, ow, kw, c)
+
+
+def _untile(t: Array, cfg: PoolConfig, x_shape) -> Array:
+    """The adjoint of `_tiles`: (N, OH, kh, OW, kw, C) back to x's shape; what lands in the
+    padding is cut off, the rows no window reaches get zeros."""
+    n, oh, kh, ow, kw, c = t.shape
+    (top, _), (left, _) = cfg.pads
+    return lax.pad(t.reshape(n, oh * kh, ow * kw, c), jnp.zeros((), t.dtype),
+                   ((0, 0, 0), (-top, x_shape[1] + top - oh * kh, 0),
+                    (-left, x_shape[2] + left - ow * kw, 0), (0, 0, 0)))
+
+
+def _position_bits(cfg: PoolConfig, dtype) -> Array:
+    """1 << k for window position k = i*kw + j, shaped (1, 1, kh, 1, kw, 1) like `_tiles`."""
+    kh, kw = cfg.window
+    k = jnp.arange(kh * kw, dtype=dtype).reshape(1, 1, kh, 1, kw, 1)
+    return jnp.left_shift(jnp.ones((), dtype), k)
+
+
+def _bits_dtype(k: int):
+    return jnp.uint8 if k <= 8 else jnp.uint16 if k <= 16 else jnp.uint32
+
+
+def _max_bits(x: Array, y: Array, cfg: PoolConfig) -> Array:
+    """Per window, the set of positions holding its maximum, as bits (bit k: position k).
+    An OR-reduction over the window axes, which XLA:CPU stores (1 byte per output for a 2x2
+    window): the backward then reads it instead of re-deriving the comparisons from a stored
+    f32 input, as it did with the index below (LeNet step temp memory 44.2 -> 32.7 MB at
+    B=512, benchmarks/RESULTS.md)."""
+    dtype = _bits_dtype(cfg.window[0] * cfg.window[1])
+    hit = _tiles(x, cfg, -jnp.inf) == y[:, :, None, :, None, :]
+    return lax.reduce(jnp.where(hit, _position_bits(cfg, dtype), jnp.zeros((), dtype)),
+                      jnp.zeros((), dtype), lax.bitwise_or, (2, 4))
+
+
 def _max_pool_fwd(cfg, method, x):
     views = _windows(x, cfg, -jnp.inf)
     y = _max_of(views)
     if method == "mask":  # save x and y; the backward re-derives the first-max masks
         return y, (x, y)
+    if _tiled(cfg):
+        return y, (_max_bits(x, y, cfg), x.shape)
     index = jnp.zeros(y.shape, _index_dtype(len(views)))
     for k in reversed(range(len(views))):  # the lowest k holding the max wins
         index = jnp.where(views[k] == y, jnp.asarray(k, index.dtype), index)
@@ -111,6 +167,12 @@ def _max_pool_bwd(cfg, method, res, g):
         x, y = res
         owners = _first_max(_windows(x, cfg, -jnp.inf), y)
         return (_place([jnp.where(m, g, zero) for m in owners], cfg, x.shape),)
+    if _tiled(cfg):
+        bits, x_shape = res
+        first = bits & (jnp.zeros((), bits.dtype) - bits)  # the lowest set bit: the first max
+        owned = first[:, :, None, :, None, :] == _position_bits(cfg, bits.dtype)
+        return (_untile(jnp.where(owned, g[:, :, None, :, None, :], jnp.zeros((), g.dtype)),
+                        cfg, x_shape),)
     index, x_shape = res
     k_all = cfg.window[0] * cfg.window[1]
     parts = [jnp.where(index == jnp.asarray(k, index.dtype), g, zero) for k in range(k_all)]

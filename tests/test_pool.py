@@ -24,6 +24,7 @@ CONFIGS = [  # (id, x shape, kwargs)
     ("window-as-padded-input", (1, 4, 4, 1), dict(window=6, stride=1, padding=1)),
     ("1x1-s2-VALID", (1, 5, 4, 2), dict(window=1, stride=2, padding="VALID")),
     ("batch1-channel1-s1", (1, 5, 5, 1), dict(window=2, stride=1)),
+    ("6x6-tiles-too-wide-for-bits", (1, 12, 7, 1), dict(window=6, padding=(0, 2))),
 ]
 IDS = [c[0] for c in CONFIGS]
 
@@ -63,12 +64,14 @@ def test_max_pool_second_order(method, _, shape, kwargs):
 
 
 @pytest.mark.parametrize("method", ["argmax", "mask"])
+@pytest.mark.parametrize("kwargs", [dict(window=3, stride=2, padding=1), dict(window=2),
+                                    dict(window=(2, 3), padding=((1, 0), (0, 2)))],
+                         ids=["overlapping", "tiles", "tiles-padded"])
 @pytest.mark.parametrize("x", [
     jnp.zeros((1, 4, 4, 2)),  # all-equal windows: ReLU's zeros
     jnp.asarray(np.random.default_rng(0).integers(0, 2, (2, 6, 6, 1)), jnp.float64),
 ], ids=["all-equal", "0-1-ties"])
-def test_ties_go_to_the_first_maximum_once(method, x):
-    kwargs = dict(window=3, stride=2, padding=1)
+def test_ties_go_to_the_first_maximum_once(method, kwargs, x):
     f = max_with(method, kwargs)
     dx = jax.grad(lambda x: jnp.sum(f(x)))(x)
     _, dx_loops = naive.max_pool2d_backward(x, np.ones(f(x).shape), **kwargs)
@@ -86,12 +89,38 @@ def test_windows_reaching_into_minus_inf_padding():
                                  lambda x: reference.max_pool2d(x, 2, 1, 1), (x,), (0,))
 
 
-def test_argmax_residual_is_an_int8_index():
-    x = distinct((2, 6, 6, 3)).astype(jnp.float32)
-    cfg = pool_config(x, 3, 2, 1, "t")
-    _, (index, shape) = pool._max_pool_fwd(cfg, "argmax", x)
-    assert index.dtype == jnp.int8 and index.shape == (2, 3, 3, 3) and shape == x.shape
+@pytest.mark.parametrize("window, stride, padding, saved", [
+    (3, 2, 1, jnp.int8),                    # overlapping windows: the first maximum's index
+    (2, None, 0, jnp.uint8),                # tiles: a bitmask of the maxima, one byte for 4
+    ((2, 3), None, ((1, 0), (0, 2)), jnp.uint8),
+    (3, None, 0, jnp.uint16),               # 9 positions
+    (6, None, 0, jnp.int8),                 # 36 positions: more than 32 bits, the index again
+], ids=["overlap-index", "2x2-bits", "2x3-padded-bits", "3x3-bits16", "6x6-index"])
+def test_argmax_residual_is_small(window, stride, padding, saved):
+    x = distinct((2, 12, 12, 3)).astype(jnp.float32)
+    cfg = pool_config(x, window, stride, padding, "t")
+    y, (res, shape) = pool._max_pool_fwd(cfg, "argmax", x)
+    assert res.dtype == saved and res.shape == y.shape and shape == x.shape
     assert pool._index_dtype(128) == jnp.int16
+
+
+def test_tiles_bitmask_holds_every_maximum():
+    x = jnp.asarray([[3., 1.], [3., 3.]]).reshape(1, 2, 2, 1)  # positions 0, 2 and 3 hold the max
+    cfg = pool_config(x, 2, None, 0, "t")
+    _, (bits, _) = pool._max_pool_fwd(cfg, "argmax", x)
+    assert int(bits[0, 0, 0, 0]) == 0b1101
+    np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(jcnn.max_pool2d(x, 2)))(x)[0, :, :, 0],
+                                  [[1., 0.], [0., 0.]])  # its lowest bit: the first maximum
+
+
+def test_tiles_bitmask_is_stored_not_recomputed():
+    """XLA:CPU stores the OR-reduction (u8, one per window) and the backward reads it; the
+    int8 index written element by element was instead re-derived from a stored f32 input."""
+    x = distinct((2, 6, 6, 3)).astype(jnp.float32)
+    g = jnp.ones((2, 3, 3, 3), jnp.float32)
+    step = jax.jit(lambda x, g: jax.vjp(lambda x: jcnn.max_pool2d(jcnn.relu(x), 2), x)[1](g)[0])
+    hlo = step.lower(x, g).compile().as_text()
+    assert re.search(r"u8\[2,3,3,3\]\{[^}]*\} fusion\(", hlo), "the bitmask is not a stored buffer"
 
 
 @pytest.mark.parametrize("method", ["argmax", "mask"])
