@@ -4,8 +4,9 @@
 A step is forward, backward and an SGD-momentum update, jit-compiled with donated buffers
 (`jcnn.train.make_train_step`). Each path is warmed up, then timed one step at a time
 (`block_until_ready`) in interleaved rounds, so that load from other processes falls on every
-path alike; the table gives the median, the ratio to autodiff, and XLA's compiled memory figures
-(temp and argument bytes). `--ops` times single ops (forward + backward) the same way, so a
+path alike; the table gives the median, the ratio to autodiff, XLA's compiled memory figures
+(temp and argument bytes) and the minor page faults per step (where a large temp buffer's
+pages are faulted in anew each step, that is time the memory costs). `--ops` times single ops (forward + backward) the same way, so a
 regression points at its op. `--hand reference` runs autodiff against itself: its ratios show
 the harness's noise. Times are measurements of this machine, not properties of jcnn: compare
 ratios taken in the same run.
@@ -79,6 +80,31 @@ def interleaved(runners: dict[str, Callable[[], object]], repeats: int, rounds: 
     return times
 
 
+def faults_per_call(run: Callable[[], object], calls: int = 5) -> Optional[float]:
+    """Minor page faults per call of `run`, over the whole process (None where the OS does
+    not count them). XLA:CPU allocates a step's temp buffer anew on every call; glibc's malloc
+    serves one of 32 MiB or more with a fresh mmap, so each of its 4 KiB pages faults (and is
+    zeroed) in every step: tens of thousands of faults a step for a ResNet-8 at B=128, which is
+    why temp memory costs time too (benchmarks/RESULTS.md)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        run()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+def _time(runners: dict[str, Callable[[], object]], memory: dict[str, dict], repeats: int,
+          rounds: int) -> dict[str, list[float]]:
+    """`interleaved` times; each runner's page faults per call go into its `memory` entry."""
+    times = interleaved(runners, repeats, rounds)
+    for impl, run in runners.items():
+        memory.setdefault(impl, {})["faults"] = faults_per_call(run)
+    return times
+
+
 def _memory(compiled) -> dict:
     stats = compiled.memory_analysis()
     if stats is None:  # some backends give no figures
@@ -89,7 +115,7 @@ def _memory(compiled) -> dict:
 
 FIELDS = ("model", "op", "batch", "dtype", "impl", "median_ms", "min_ms", "runs", "ratio",
           "ratio_lo", "ratio_hi", "torch_ratio", "temp_bytes", "argument_bytes", "temp_ratio",
-          "note")
+          "faults", "note")
 
 
 def _round_ratios(t: list[float], base: list[float], rounds: int) -> list[float]:
@@ -182,7 +208,7 @@ def bench_step(name: str, batch: int, dtype: str, *, repeats: int, rounds: int,
         except Exception as e:  # torch.compile needs a C++ compiler and may fail: say so, go on
             notes[f"torch-{mode}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
     case = {"model": name, "op": "train step", "batch": batch, "dtype": dtype}
-    return _rows(case, interleaved(runners, repeats, rounds), memory, notes, rounds=rounds)
+    return _rows(case, _time(runners, memory, repeats, rounds), memory, notes, rounds=rounds)
 
 
 # ---- single ops -----------------------------------------------------------------------------
@@ -260,7 +286,7 @@ def bench_op(case: OpCase, batch: int, dtype: str, *, repeats: int, rounds: int,
                  for a in case.args(np.random.default_rng(0), batch))
     runners, memory, notes = _jax_runners(hand, lambda ops: op_runner(case, ops, args))
     case_fields = {"model": case.model, "op": case.name, "batch": batch, "dtype": dtype}
-    return _rows(case_fields, interleaved(runners, repeats, rounds), memory, notes,
+    return _rows(case_fields, _time(runners, memory, repeats, rounds), memory, notes,
                  rounds=rounds)
 
 
@@ -331,9 +357,10 @@ def _fmt(value, spec: str) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """The rows as an aligned text table: times in ms, memory in MB, ratios to autodiff (with
-    their range over the rounds, and to the fastest PyTorch variant)."""
+    their range over the rounds, and to the fastest PyTorch variant), minor page faults per
+    step."""
     head = ("model", "op", "batch", "dtype", "impl", "median ms", "min ms", "ratio",
-            "rounds", "vs torch", "temp MB", "arg MB", "temp ratio")
+            "rounds", "vs torch", "temp MB", "arg MB", "temp ratio", "faults/step")
     lines = [head] + [(r["model"], r["op"], str(r["batch"]), r["dtype"], r["impl"],
                        _fmt(r["median_ms"], ".2f"), _fmt(r["min_ms"], ".2f"),
                        _fmt(r["ratio"], ".2f"),
@@ -341,7 +368,8 @@ def format_table(rows: list[dict]) -> str:
                        _fmt(r["torch_ratio"], ".2f"),
                        _fmt(r["temp_bytes"] and r["temp_bytes"] / 1e6, ".2f"),
                        _fmt(r["argument_bytes"] and r["argument_bytes"] / 1e6, ".2f"),
-                       _fmt(r["temp_ratio"], ".2f")) + ((r["note"],) if r["note"] else ())
+                       _fmt(r["temp_ratio"], ".2f"), _fmt(r["faults"], ".0f"))
+                      + ((r["note"],) if r["note"] else ())
                       for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()

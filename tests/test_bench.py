@@ -16,6 +16,7 @@ def _check_rows(rows, impls, ops):
         assert set(r) == set(bench.FIELDS), r
         assert r["note"] is None, r["note"]
         assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] and r["runs"] == 3
+        assert r["faults"] is None or r["faults"] >= 0
     by_impl = {r["impl"]: r for r in rows}
     assert by_impl["autodiff"]["ratio"] == 1.0
     assert by_impl["jcnn"]["temp_bytes"] is not None and by_impl["jcnn"]["argument_bytes"] > 0
@@ -78,3 +79,12 @@ def test_round_ratios_pair_each_round_with_the_baseline_s_same_round():
 def test_torch_modes_are_checked():
     with pytest.raises(SystemExit, match="--torch takes none"):
         bench._torch_modes("eager,jit", smoke=False)
+
+
+@pytest.mark.skipif(find_spec("resource") is None, reason="the OS counts no page faults")
+def test_faults_per_call_counts_fresh_pages():
+    """64 MiB written anew each call (malloc serves it with a fresh mmap) faults in about one
+    page per 4 KiB; a call that allocates nothing faults in almost none."""
+    pages = 64 * 2**20 // 4096
+    assert bench.faults_per_call(lambda: bytearray(b"\x01") * (64 * 2**20), calls=3) > 0.9 * pages
+    assert bench.faults_per_call(lambda: None, calls=3) < 0.01 * pages
