@@ -136,25 +136,55 @@ def _bits_dtype(k: int):
     return jnp.uint8 if k <= 8 else jnp.uint16 if k <= 16 else jnp.uint32
 
 
-def _max_bits(x: Array, y: Array, cfg: PoolConfig) -> Array:
-    """Per window, the set of positions holding its maximum, as bits (bit k: position k).
-    An OR-reduction over the window axes, which XLA:CPU stores (1 byte per output for a 2x2
-    window): the backward then reads it instead of re-deriving the comparisons from a stored
-    f32 input, as it did with the index below (LeNet step temp memory 44.2 -> 32.7 MB at
-    B=512, benchmarks/RESULTS.md)."""
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _max_and_bits(cfg: PoolConfig, x: Array) -> tuple[Array, Array]:
+    """Each window's maximum and the set of its positions holding it, as bits (bit k:
+    position k), in one reduction over the window axes: combining (m, b) and (m', b') keeps
+    the larger m with its bits, or, on a tie, m with b | b'.
+
+    XLA:CPU runs this variadic reduction as one loop of its own and stores both outputs, the
+    bits one byte per 2x2 window: the backward reads them. The int8 index below, written
+    element by element, was never stored: XLA fused its comparisons into the backward and
+    kept the f32 input alive to redo them there (LeNet step temp memory 44.2 -> 32.7 MB at
+    B=512; benchmarks/RESULTS.md)."""
     dtype = _bits_dtype(cfg.window[0] * cfg.window[1])
-    hit = _tiles(x, cfg, -jnp.inf) == y[:, :, None, :, None, :]
-    return lax.reduce(jnp.where(hit, _position_bits(cfg, dtype), jnp.zeros((), dtype)),
-                      jnp.zeros((), dtype), lax.bitwise_or, (2, 4))
+    tiles = _tiles(x, cfg, -jnp.inf)
+
+    def combine(a, b):
+        (ma, ba), (mb, bb) = a, b
+        m = jnp.maximum(ma, mb)
+        return m, jnp.where(ma == m, ba, jnp.zeros_like(ba)) | jnp.where(mb == m, bb, jnp.zeros_like(bb))
+    return lax.reduce((tiles, jnp.broadcast_to(_position_bits(cfg, dtype), tiles.shape)),
+                      (jnp.array(-jnp.inf, x.dtype), jnp.zeros((), dtype)), combine, (2, 4))
+
+
+def _first_owned(bits: Array, cfg: PoolConfig) -> Array:
+    """(N, OH, kh, OW, kw, C) bool: the position of each window's first maximum, its lowest
+    set bit (`bits & -bits`)."""
+    first = bits & (jnp.zeros((), bits.dtype) - bits)
+    return first[:, :, None, :, None, :] == _position_bits(cfg, bits.dtype)
+
+
+@_max_and_bits.defjvp
+def _max_and_bits_jvp(cfg, primals, tangents):
+    # A window's maximum moves with its first maximal element: the tangent picked there. (JAX
+    # differentiates the forward rule itself for second order; its variadic reduction has no
+    # JVP of JAX's own.) Linear in dx: its transpose is the backward below.
+    (x,), (dx,) = primals, tangents
+    y, bits = _max_and_bits(cfg, x)
+    dy = jnp.sum(jnp.where(_first_owned(bits, cfg), _tiles(dx, cfg, 0), jnp.zeros((), dx.dtype)),
+                 axis=(2, 4))
+    return (y, bits), (dy, np.zeros(bits.shape, jax.dtypes.float0))
 
 
 def _max_pool_fwd(cfg, method, x):
+    if method == "argmax" and _tiled(cfg):
+        y, bits = _max_and_bits(cfg, x)
+        return y, (bits, x.shape)
     views = _windows(x, cfg, -jnp.inf)
     y = _max_of(views)
     if method == "mask":  # save x and y; the backward re-derives the first-max masks
         return y, (x, y)
-    if _tiled(cfg):
-        return y, (_max_bits(x, y, cfg), x.shape)
     index = jnp.zeros(y.shape, _index_dtype(len(views)))
     for k in reversed(range(len(views))):  # the lowest k holding the max wins
         index = jnp.where(views[k] == y, jnp.asarray(k, index.dtype), index)
@@ -169,10 +199,8 @@ def _max_pool_bwd(cfg, method, res, g):
         return (_place([jnp.where(m, g, zero) for m in owners], cfg, x.shape),)
     if _tiled(cfg):
         bits, x_shape = res
-        first = bits & (jnp.zeros((), bits.dtype) - bits)  # the lowest set bit: the first max
-        owned = first[:, :, None, :, None, :] == _position_bits(cfg, bits.dtype)
-        return (_untile(jnp.where(owned, g[:, :, None, :, None, :], jnp.zeros((), g.dtype)),
-                        cfg, x_shape),)
+        return (_untile(jnp.where(_first_owned(bits, cfg), g[:, :, None, :, None, :],
+                                  jnp.zeros((), g.dtype)), cfg, x_shape),)
     index, x_shape = res
     k_all = cfg.window[0] * cfg.window[1]
     parts = [jnp.where(index == jnp.asarray(k, index.dtype), g, zero) for k in range(k_all)]
