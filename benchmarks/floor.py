@@ -53,7 +53,8 @@ def main() -> None:
             faults = {k: bench.faults_per_call(run) for k, run in runners.items()}
             print(f"{name:8s} B={batch:4d} {args.dtype}: autodiff {ms['autodiff']:7.2f} ms, "
                   f"convs+dense+loss only {ms['stand-ins']:7.2f} ms -> time floor "
-                  f"{ms['stand-ins'] / ms['autodiff']:.2f} (jcnn {ms['jcnn'] / ms['autodiff']:.2f}); "
+                  f"{ms['stand-ins'] / ms['autodiff']:.2f} "
+                  f"(jcnn {ms['jcnn'] / ms['autodiff']:.2f}); "
                   f"temp {temp['autodiff'] / 1e6:.1f} vs {temp['stand-ins'] / 1e6:.1f} MB -> "
                   f"memory floor {temp['stand-ins'] / temp['autodiff']:.2f} (jcnn "
                   f"{temp['jcnn'] / temp['autodiff']:.2f}); page faults per step "

@@ -6,10 +6,10 @@ A step is forward, backward and an SGD-momentum update, jit-compiled with donate
 (`block_until_ready`) in interleaved rounds, so that load from other processes falls on every
 path alike; the table gives the median, the ratio to autodiff, XLA's compiled memory figures
 (temp and argument bytes) and the minor page faults per step (where a large temp buffer's
-pages are faulted in anew each step, that is time the memory costs). `--ops` times single ops (forward + backward) the same way, so a
-regression points at its op. `--hand reference` runs autodiff against itself: its ratios show
-the harness's noise. Times are measurements of this machine, not properties of jcnn: compare
-ratios taken in the same run.
+pages are faulted in anew each step, that is time the memory costs). `--ops` times single ops
+(forward + backward) the same way, so a regression points at its op. `--hand reference` runs
+autodiff against itself: its ratios show the harness's noise. Times are measurements of this
+machine, not properties of jcnn: compare ratios taken in the same run.
 """
 from __future__ import annotations
 

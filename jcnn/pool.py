@@ -43,8 +43,8 @@ def max_pool2d(x: Array, window, stride=None, padding=0) -> Array:
 def default_method() -> Method:
     """argmax on CPU (what the backward needs, stored small: a bitmask of each window's maxima
     when the windows tile the input, else an int8 index; 0.53-0.68x autodiff's LeNet step and
-    0.25x its temp memory on 2 cores with the index alone); mask on GPU, where the index form measured 1.4-2x slower than autodiff on an
-    H100 and the mask form 0.60-0.66x."""
+    0.25x its temp memory on 2 cores with the index alone); mask on GPU, where the index form
+    measured 1.4-2x slower than autodiff on an H100 and the mask form 0.60-0.66x."""
     return "argmax" if jax.default_backend() == "cpu" else "mask"
 
 
@@ -153,7 +153,8 @@ def _max_and_bits(cfg: PoolConfig, x: Array) -> tuple[Array, Array]:
     def combine(a, b):
         (ma, ba), (mb, bb) = a, b
         m = jnp.maximum(ma, mb)
-        return m, jnp.where(ma == m, ba, jnp.zeros_like(ba)) | jnp.where(mb == m, bb, jnp.zeros_like(bb))
+        return m, (jnp.where(ma == m, ba, jnp.zeros_like(ba))
+                   | jnp.where(mb == m, bb, jnp.zeros_like(bb)))
     return lax.reduce((tiles, jnp.broadcast_to(_position_bits(cfg, dtype), tiles.shape)),
                       (jnp.array(-jnp.inf, x.dtype), jnp.zeros((), dtype)), combine, (2, 4))
 
