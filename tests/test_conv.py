@@ -18,7 +18,7 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 import jcnn
-from jcnn import naive, reference
+from jcnn import conv, naive, reference
 from jcnn._validate import conv2d_config, conv_transpose2d_config
 from gradcheck import (assert_finite_differences, assert_matches_reference,
                        assert_second_order_matches, tol)
@@ -329,3 +329,30 @@ def test_one_channel_forward_on_cpu_is_a_tap_sum_with_the_same_values(x_shape, w
     assert "convolution" not in forward and "stablehlo.while" in forward
     filter_grad = jax.jit(jax.grad(lambda w: jnp.sum(jcnn.conv2d(x, w, **kw) ** 2))).lower(w)
     assert filter_grad.as_text().count("stablehlo.convolution") == 1
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the patch matmuls are the CPU form")
+@pytest.mark.parametrize("x_shape, w_shape, kw", [
+    ((7, 6, 5, 3), (3, 3, 3, 4), dict(padding=1)),  # ResNet's 3x3
+    ((5, 9, 8, 2), (3, 2, 2, 3), dict(stride=(2, 1), dilation=(1, 2), padding=((2, 0), (1, 3)))),
+    ((6, 7, 7, 4), (1, 1, 4, 5), dict(stride=2)),  # a strided 1x1 shortcut: unreached rows cut
+])
+@pytest.mark.parametrize("budget", [1, 10 ** 9])  # the smallest chunks max_parts allows; one
+def test_small_kernel_filter_gradient_on_cpu_is_patch_matmuls(x_shape, w_shape, kw, budget, rng):
+    """With at most 9 taps the filter gradient is no convolution but (image patches)^T @ G summed
+    over chunks of the batch in a loop: its values equal the NumPy loops' whatever the chunk
+    size, a batch the chunk does not divide included, and the compiled gradient has one
+    convolution (dx) where the convolution form has two."""
+    x, w = (jnp.asarray(rng.standard_normal(s)) for s in (x_shape, w_shape))
+    cfg = conv2d_config(x, w, None, kw.get("stride", 1), kw.get("padding", 0),
+                        kw.get("dilation", 1), 1)
+    g = jnp.asarray(rng.standard_normal(jcnn.conv2d(x, w, **kw).shape))
+    _, want, _ = naive.conv2d_backward(np.asarray(x), np.asarray(w), np.asarray(g), **kw)
+    used = conv._used_padding(cfg, x.shape[1:3], g.shape[1:3], w.shape[:2])
+    got = conv._patch_dots(used, x, g, w.shape[:2], budget=budget, max_parts=4)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    grad = jax.jit(jax.grad(lambda w: jnp.sum(jcnn.conv2d(x, w, **kw) * g))).lower(w).as_text()
+    assert grad.count("stablehlo.convolution") == 0 and "stablehlo.dot_general" in grad
+    full = jax.jit(jax.grad(lambda x, w: jnp.sum(jcnn.conv2d(x, w, **kw) * g),
+                            argnums=(0, 1))).lower(x, w).as_text()
+    assert full.count("stablehlo.convolution") == 1
