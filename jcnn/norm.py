@@ -11,6 +11,7 @@ docs/backprop.md derives it step by step).
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import jax
@@ -72,17 +73,25 @@ def _channel_sums(one_pass: bool, g: Array, xhat: Array) -> tuple[Array, Array]:
     with xhat's recomputation from the forward's input fused in. As two sums, XLA:CPU hands
     each to YNNPACK's reduce, which needs its operands stored: G * scale, xhat and G * xhat
     were written out and read back (ResNet-8 step at B=32: 25 MB temp with one pass against
-    35 MB, and 0-20% less time; benchmarks/bn_forms.py, benchmarks/RESULTS.md). Elsewhere
-    the two sums stay, unmeasured: XLA:GPU's multi-output fusion can merge sibling reductions
-    by itself, and benchmarks/gpu_rows.sh times both forms where a GPU is lent.
+    35 MB, and 0-20% less time; benchmarks/bn_forms.py, benchmarks/RESULTS.md). The loop sums
+    blocks of 16 rows (gcd(rows, 16)) into partial sums that a plain sum then adds up: the loop
+    straight down all rows to C outputs was slow (3.3 ms for (128, 32, 32, 16) on 2 cores,
+    against 0.6 ms in blocks and 0.9 ms as two YNNPACK sums; our reading: XLA:CPU splits a
+    loop by its outputs, so each channel's loop strides through all of G; ResNet-8 step at
+    B=128 0.82x -> 0.69x autodiff's time). Elsewhere the two sums stay, unmeasured: XLA:GPU's
+    multi-output fusion can merge sibling reductions by itself, and benchmarks/gpu_rows.sh
+    times both forms where a GPU is lent.
     The map is bilinear; its own rule below keeps second order off JAX's transpose of a
     variadic reduction, which fails on symbolic zeros (jax 0.10.2)."""
     axes, acc = _axes(g), jnp.promote_types(g.dtype, jnp.float32)
     g32, x32 = g.astype(acc), xhat.astype(acc)
     if one_pass:
+        c = g.shape[-1]
+        rows = math.gcd(g.size // c, 16)
         zero = jnp.zeros((), acc)
-        sums = lax.reduce((g32, g32 * x32), (zero, zero),
-                          lambda a, b: (a[0] + b[0], a[1] + b[1]), axes)
+        blocks = lax.reduce((g32.reshape(-1, rows, c), (g32 * x32).reshape(-1, rows, c)),
+                            (zero, zero), lambda a, b: (a[0] + b[0], a[1] + b[1]), (1,))
+        sums = tuple(jnp.sum(b, axis=0) for b in blocks)
     else:
         sums = jnp.sum(g32, axis=axes), jnp.sum(g32 * x32, axis=axes)
     return tuple(s.astype(g.dtype) for s in sums)

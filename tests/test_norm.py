@@ -88,13 +88,16 @@ def test_forward_saves_xhat_r_and_scale_only(capsys):
 
 @pytest.mark.parametrize("one_pass", [True, False], ids=["one-pass", "two-sums"])
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16])
-def test_channel_sums_both_forms(one_pass, dtype):
+@pytest.mark.parametrize("shape", [(3, 4, 5, 2), (2, 4, 4, 2), (3, 3, 3, 2)],
+                         ids=["blocks-of-4", "blocks-of-16", "odd-rows"])
+def test_channel_sums_both_forms(one_pass, dtype, shape):
     """The backward's per-channel (sum G, sum G xhat), in the form each backend gets: equal to
     NumPy's float64 sums (bfloat16 inputs are accumulated in float32, then rounded once), and
     with first and second order equal to autodiff of the plain sums (its own rule keeps the
-    variadic reduction off JAX's transpose)."""
+    variadic reduction off JAX's transpose). The one pass sums blocks of gcd(rows, 16) rows
+    first: 60 rows make blocks of 4, 32 of 16, 27 of 1."""
     from jcnn.norm import _channel_sums
-    g, xhat = (bn_args(3, 4, 5, 2, seed=s)[0].astype(dtype) for s in (1, 2))
+    g, xhat = (bn_args(*shape, seed=s)[0].astype(dtype) for s in (1, 2))
     got = _channel_sums(one_pass, g, xhat)
     g64, x64 = np.asarray(g, np.float64), np.asarray(xhat, np.float64)
     for got_s, want in zip(got, (g64.sum((0, 1, 2)), (g64 * x64).sum((0, 1, 2)))):
@@ -109,7 +112,8 @@ def test_channel_sums_both_forms(one_pass, dtype):
 
 def test_cpu_backward_reduces_in_one_pass():
     """On CPU the backward's two channel sums are one variadic reduction (one loop over G and
-    xhat), not two reductions; elsewhere they are two plain sums."""
+    xhat, into block sums), not two reductions over G and xhat; elsewhere they are two plain
+    sums."""
     x, scale, bias = as_dtype(bn_args(3, 4, 4, 2), jnp.float32)
     pull = lambda x, g: jax.vjp(lambda x: jcnn.batch_norm(x, scale, bias), x)[1](g)[0]
     text = jax.jit(pull).lower(x, x).as_text()
