@@ -1,12 +1,12 @@
-"""The conv filter gradient two ways on this backend: XLA's convolution (x as CHWN, the output
-image as the window; what autodiff builds too) and `jcnn.conv._patch_dots` (image patches^T @ G
-over chunks of the batch), alone for the convs of ResNet-8 and LeNet, then in the jcnn
-ResNet-8 training step as shipped and with the convolution form forced, beside autodiff, timed
-interleaved.
+"""The conv filter gradient on this backend, several ways: XLA's one convolution over the whole
+batch (x as CHWN, the output image as the window; what autodiff builds too), jcnn's
+`_conv2d_dw` as shipped (on CPU one convolution per chunk of `_dw_chunk` images, a matmul for
+1x1 kernels), the convolution in chunks of other sizes, and image patches^T @ G in a loop over
+chunks of about 1 MiB of patches (a form tried on 2026-12-02 and not kept). Alone for the convs
+of ResNet-8 and LeNet, then in the jcnn ResNet-8 and LeNet training steps as shipped and with
+one convolution per filter gradient, beside autodiff, timed interleaved.
 
-    python benchmarks/dw_forms.py [--batch 128] [--parts 8 32] [--repeats 20] [--no-step]
-
-`--parts` adds patch forms with that many chunks instead of the shipped `budget` rule.
+    python benchmarks/dw_forms.py [--batch 128] [--chunks 8 32] [--repeats 20] [--no-step]
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from jax import lax
 import jcnn
 from jcnn import bench, conv, reference
 from jcnn._validate import ConvConfig
+from jcnn._windows import window_views
 
 # (image side, in channels, out channels, kernel, stride), padding kernel // 2
 CASES = [(32, 3, 16, 3, 1), (32, 16, 16, 3, 1), (32, 16, 32, 3, 2), (32, 16, 32, 1, 2),
@@ -30,22 +31,40 @@ CASES = [(32, 3, 16, 3, 1), (32, 16, 16, 3, 1), (32, 16, 32, 3, 2), (32, 16, 32,
          (28, 1, 6, 5, 1), (14, 6, 16, 5, 1), (14, 16, 32, 5, 1)]
 
 
-def conv_form(cfg, x, g):
+def one_conv(cfg, x, g):
     return lax.conv_general_dilated(x, g, window_strides=cfg.dilation, padding=cfg.pads,
                                     rhs_dilation=cfg.stride,
                                     dimension_numbers=("CHWN", "IHWO", "HWNC"))
 
 
-def patch_form(cfg, x, g, parts=None):
-    k_hw = conv._kernel_hw(cfg, x.shape[1:3], g.shape[1:3])
-    if parts is None:
-        return conv._patch_dots(cfg, x, g, k_hw)
-    return conv._patch_dots(cfg, x, g, k_hw, budget=1, max_parts=parts)
+def chunked(cfg, x, g, size):
+    return sum(one_conv(cfg, x[i:i + size], g[i:i + size]) for i in range(0, x.shape[0], size))
 
 
-def ops(batch: int, parts: list[int], repeats: int) -> None:
-    forms = {"conv": conv_form, "patches": patch_form,
-             **{f"patches/{p}": partial(patch_form, parts=p) for p in parts}}
+def patches(cfg, x, g, budget=2 ** 20, max_parts=32):
+    """dW = sum over batch chunks of P^T G, P the chunk's image patches (rows: the kh*kw*C
+    values each output position's window reads)."""
+    (kh, kw), c, o = conv._kernel_hw(cfg, x.shape[1:3], g.shape[1:3]), x.shape[3], g.shape[3]
+
+    def chunk_dw(xs, gs):
+        p = jnp.concatenate(window_views(xs, (kh, kw), cfg.stride, cfg.dilation, cfg.pads, 0), 3)
+        return lax.dot_general(p.reshape(-1, kh * kw * c), gs.reshape(-1, o),
+                               (((0,), (0,)), ((), ())))
+
+    n = x.shape[0]
+    image_bytes = g.shape[1] * g.shape[2] * kh * kw * c * 4
+    size = min(n, max(budget // image_bytes, -(-n // max_parts), 1))
+    full, rest = divmod(n, size)
+    dw = lax.fori_loop(0, full, lambda k, dw: dw + chunk_dw(
+        *(lax.dynamic_slice_in_dim(a, k * size, size) for a in (x, g))), jnp.zeros((kh * kw * c, o)))
+    if rest:
+        dw = dw + chunk_dw(x[full * size:], g[full * size:])
+    return dw.reshape(kh, kw, c, o)
+
+
+def ops(batch: int, chunks: list[int], repeats: int) -> None:
+    forms = {"one conv": one_conv, "jcnn": conv._conv2d_dw, "patches": patches,
+             **{f"chunks of {z}": partial(chunked, size=z) for z in chunks if z < batch}}
     rng = np.random.default_rng(0)
     for side, c, o, k, s in CASES:
         out = (side + 2 * (k // 2) - k) // s + 1
@@ -54,31 +73,30 @@ def ops(batch: int, parts: list[int], repeats: int) -> None:
         x = jnp.asarray(rng.standard_normal((batch, side, side, c), dtype=np.float32))
         g = jnp.asarray(rng.standard_normal((batch, out, out, o), dtype=np.float32))
         fns = {name: jax.jit(partial(f, cfg)) for name, f in forms.items()}
-        want = np.asarray(fns["conv"](x, g))
+        want = np.asarray(fns["one conv"](x, g))
         for f in fns.values():
-            np.testing.assert_allclose(f(x, g), want, rtol=1e-4, atol=1e-3 * np.abs(want).max())
+            np.testing.assert_allclose(f(x, g), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
         times = bench.interleaved({n: partial(lambda f: f(x, g).block_until_ready(), f)
                                    for n, f in fns.items()}, repeats, 4)
-        base = statistics.median(times["conv"])
+        base = statistics.median(times["one conv"])
         print(f"{side}x{side} {c}->{o} k{k} s{s} B={batch}: " + "  ".join(
             f"{n} {statistics.median(t) * 1e3:.2f} ms (x{statistics.median(t) / base:.2f})"
             for n, t in times.items()), flush=True)
 
 
-def step(batch: int, repeats: int) -> None:
-    spec = bench.MODELS["resnet8"]
+def step(model: str, batch: int, repeats: int) -> None:
+    spec = bench.MODELS[model]
     images, labels = bench._batch(spec, batch)
     runners, memory = {}, {}
-    runners["autodiff"], memory["autodiff"] = bench.jax_step_runner(spec, reference, images,
-                                                                     labels, None)
-    runners["jcnn"], memory["jcnn"] = bench.jax_step_runner(spec, jcnn, images, labels, None)
-    with mock.patch.object(conv, "_patches_pay", lambda *_: False):
-        runners["jcnn, conv dW"], memory["jcnn, conv dW"] = bench.jax_step_runner(
+    for name, hand in (("autodiff", reference), ("jcnn", jcnn)):
+        runners[name], memory[name] = bench.jax_step_runner(spec, hand, images, labels, None)
+    with mock.patch.object(conv, "_dw_chunk", lambda n: n):
+        runners["jcnn, one conv"], memory["jcnn, one conv"] = bench.jax_step_runner(
             spec, jcnn, images, labels, None)
     times = bench.interleaved(runners, repeats, 6)
     base = statistics.median(times["autodiff"])
     for name, t in times.items():
-        print(f"resnet8 B={batch:4d} {name:18s} {statistics.median(t) * 1e3:8.2f} ms  "
+        print(f"{model} B={batch:4d} {name:15s} {statistics.median(t) * 1e3:8.2f} ms  "
               f"x{statistics.median(t) / base:.2f} autodiff  temp "
               f"{memory[name]['temp_bytes'] / 2 ** 20:6.1f} MB", flush=True)
 
@@ -86,13 +104,16 @@ def step(batch: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--parts", nargs="*", type=int, default=[])
+    parser.add_argument("--chunks", nargs="*", type=int, default=[])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-step", action="store_true")
+    parser.add_argument("--no-ops", action="store_true")
     args = parser.parse_args()
-    ops(args.batch, args.parts, args.repeats)
+    if not args.no_ops:
+        ops(args.batch, args.chunks, args.repeats)
     if not args.no_step:
-        step(args.batch, args.repeats)
+        for model in ("resnet8", "lenet"):
+            step(model, args.batch, args.repeats)
 
 
 if __name__ == "__main__":

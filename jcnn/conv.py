@@ -8,8 +8,8 @@ public `conv_transpose2d`) and the filter gradient (`_conv2d_dw`: dw from x, g).
 `custom_vjp` whose backward is written with the other two, so the family is closed under
 differentiation: `jax.grad` of `jax.grad` runs through these rules too, never through JAX's
 autodiff of a convolution. On CPU the forward with one input channel is a sum over the kernel's
-taps instead of XLA's convolution (`_tap_sum`), and the filter gradient of a small kernel is
-matmuls of image patches (`_patch_dots`): the same maps, computed faster.
+taps instead of XLA's convolution (`_tap_sum`), and the filter gradient is one convolution per
+chunk of 16 images (a matmul for 1x1 kernels): the same maps, computed faster.
 """
 from __future__ import annotations
 
@@ -240,60 +240,42 @@ def _conv2d_dx_bwd(cfg, res, u):
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _conv2d_dw(cfg: ConvConfig, x: Array, g: Array) -> Array:
-    k_hw = _kernel_hw(cfg, x.shape[1:3], g.shape[1:3])
-    if _patches_pay(cfg, x, k_hw):
-        return _patch_dots(cfg, x, g, k_hw)
+    n, acc = x.shape[0], jnp.promote_types(x.dtype, jnp.float32)
+    one_by_one = _kernel_hw(cfg, x.shape[1:3], g.shape[1:3]) == (1, 1)
+    if one_by_one and cfg.groups == 1 and jax.default_backend() == "cpu":
+        # a 1x1 kernel reads one strided view of x: dW = view^T @ G, one matmul (0.12-0.15x
+        # the convolution's time for ResNet's strided shortcuts at B=128 and 512)
+        (view,) = window_views(x, (1, 1), cfg.stride, cfg.dilation, cfg.pads, 0)
+        dw = lax.dot_general(view.reshape(-1, x.shape[3]), g.reshape(-1, g.shape[3]),
+                             (((0,), (0,)), ((), ())), preferred_element_type=acc)
+        return dw.reshape(1, 1, *dw.shape).astype(x.dtype)
     # x as CHWN: its channels are the batch, its batch the contracted feature; g is the window
-    return lax.conv_general_dilated(x, g, window_strides=cfg.dilation, padding=cfg.pads,
-                                    rhs_dilation=cfg.stride,
-                                    dimension_numbers=("CHWN", "IHWO", "HWNC"),
-                                    batch_group_count=cfg.groups)
+    conv = partial(lax.conv_general_dilated, window_strides=cfg.dilation, padding=cfg.pads,
+                   rhs_dilation=cfg.stride, dimension_numbers=("CHWN", "IHWO", "HWNC"),
+                   batch_group_count=cfg.groups)
+    size = _dw_chunk(n)
+    if size >= n:
+        return conv(x, g)
+    # on CPU, one convolution per chunk of `size` images, summed in float32 at least
+    return sum(conv(x[i:i + size], g[i:i + size], preferred_element_type=acc)
+               for i in range(0, n, size)).astype(x.dtype)
+
+
+def _dw_chunk(n: int) -> int:
+    """Images per filter-gradient convolution. XLA:CPU's filter-gradient convolution (the one
+    autodiff builds too) slows down faster than the batch it contracts grows: 3.8 ms for
+    ResNet's 3x3 16->16 at 32x32 at B=32, 23.7 ms at B=128, 144 ms at B=512 on 2 cores. In
+    chunks of 16 images it took 0.20-0.55x the one convolution's time at B=128 and 512 for
+    the 3x3 and 5x5 convs of ResNet-8 and LeNet (0.77x for 6->16 at 14x14), and 0.6-1.0x at
+    B=32 (benchmarks/dw_forms.py). At most 32 chunks, so that a large batch does not unroll
+    into hundreds of convolutions. Elsewhere one convolution."""
+    return max(16, -(-n // 32)) if jax.default_backend() == "cpu" else n
 
 
 def _kernel_hw(cfg: ConvConfig, in_hw, out_hw) -> tuple[int, int]:
     """The kernel size, from H + top + bottom = (OH-1)*s + d*(k-1) + 1 (`_used_padding`)."""
     return tuple((n + lo + hi - (o - 1) * s - 1) // d + 1 for n, o, s, d, (lo, hi) in
                  zip(in_hw, out_hw, cfg.stride, cfg.dilation, cfg.pads))
-
-
-def _patches_pay(cfg: ConvConfig, x: Array, k_hw) -> bool:
-    """On CPU, an ungrouped kernel of at most 9 taps (3x3, 1x3, 1x1, ...) over C > 1 channels.
-    XLA:CPU runs the filter gradient as a convolution whose window is the whole output image
-    (after transposing x to CHWN), far below the speed of its matmuls: on 2 cores at B=128
-    `_patch_dots` took 0.30-0.69x its time for ResNet-8's 3x3 convs and 0.12-0.14x for its
-    strided 1x1 shortcuts, but 0.83-1.40x for 5x5 kernels (16->32 and 6->16 at 14x14) and
-    1.3x for 5x5 at C = 1 (benchmarks/dw_forms.py)."""
-    return (cfg.groups == 1 and k_hw[0] * k_hw[1] <= 9 and x.shape[3] > 1
-            and jax.default_backend() == "cpu")
-
-
-def _patch_dots(cfg: ConvConfig, x: Array, g: Array, k_hw, budget: int = 2 ** 20,
-                max_parts: int = 32) -> Array:
-    """The filter gradient as matmuls,
-    dW[(i,j,c), o] = sum_{n,y,x} P[(n,y,x), (i,j,c)] G[(n,y,x), o],
-    with P the image patches of x (row (n,y,x) holds the kh*kw*C values window (y, x) reads:
-    the `window_views` side by side), accumulated in float32 at least over chunks of the batch
-    in a loop, so that only one chunk's patches (about `budget` bytes, and at most `max_parts`
-    chunks) exist at a time; a batch the chunk size does not divide ends in a shorter chunk."""
-    (kh, kw), c, o = k_hw, x.shape[3], g.shape[3]
-    acc = jnp.promote_types(x.dtype, jnp.float32)
-
-    def chunk_dw(xs, gs):
-        p = jnp.concatenate(window_views(xs, k_hw, cfg.stride, cfg.dilation, cfg.pads, 0), axis=3)
-        return lax.dot_general(p.reshape(-1, kh * kw * c), gs.reshape(-1, o),
-                               (((0,), (0,)), ((), ())), preferred_element_type=acc)
-
-    n = x.shape[0]
-    image_bytes = g.shape[1] * g.shape[2] * kh * kw * c * x.dtype.itemsize
-    size = min(n, max(budget // image_bytes, -(-n // max_parts), 1))
-    full, rest = divmod(n, size)
-
-    def part(k, dw):
-        return dw + chunk_dw(*(lax.dynamic_slice_in_dim(a, k * size, size) for a in (x, g)))
-    dw = lax.fori_loop(0, full, part, jnp.zeros((kh * kw * c, o), acc))
-    if rest:
-        dw = dw + chunk_dw(x[full * size:], g[full * size:])
-    return dw.reshape(kh, kw, c, o).astype(x.dtype)
 
 
 def _conv2d_dw_bwd(cfg, res, v):

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import assume, given, strategies as st
 
 import jcnn
-from jcnn import conv, naive, reference
+from jcnn import naive, reference
 from jcnn._validate import conv2d_config, conv_transpose2d_config
 from gradcheck import (assert_finite_differences, assert_matches_reference,
                        assert_second_order_matches, tol)
@@ -331,28 +331,30 @@ def test_one_channel_forward_on_cpu_is_a_tap_sum_with_the_same_values(x_shape, w
     assert filter_grad.as_text().count("stablehlo.convolution") == 1
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the patch matmuls are the CPU form")
-@pytest.mark.parametrize("x_shape, w_shape, kw", [
-    ((7, 6, 5, 3), (3, 3, 3, 4), dict(padding=1)),  # ResNet's 3x3
-    ((5, 9, 8, 2), (3, 2, 2, 3), dict(stride=(2, 1), dilation=(1, 2), padding=((2, 0), (1, 3)))),
-    ((6, 7, 7, 4), (1, 1, 4, 5), dict(stride=2)),  # a strided 1x1 shortcut: unreached rows cut
-])
-@pytest.mark.parametrize("budget", [1, 10 ** 9])  # the smallest chunks max_parts allows; one
-def test_small_kernel_filter_gradient_on_cpu_is_patch_matmuls(x_shape, w_shape, kw, budget, rng):
-    """With at most 9 taps the filter gradient is no convolution but (image patches)^T @ G summed
-    over chunks of the batch in a loop: its values equal the NumPy loops' whatever the chunk
-    size, a batch the chunk does not divide included, and the compiled gradient has one
-    convolution (dx) where the convolution form has two."""
-    x, w = (jnp.asarray(rng.standard_normal(s)) for s in (x_shape, w_shape))
-    cfg = conv2d_config(x, w, None, kw.get("stride", 1), kw.get("padding", 0),
-                        kw.get("dilation", 1), 1)
-    g = jnp.asarray(rng.standard_normal(jcnn.conv2d(x, w, **kw).shape))
-    _, want, _ = naive.conv2d_backward(np.asarray(x), np.asarray(w), np.asarray(g), **kw)
-    used = conv._used_padding(cfg, x.shape[1:3], g.shape[1:3], w.shape[:2])
-    got = conv._patch_dots(used, x, g, w.shape[:2], budget=budget, max_parts=4)
-    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
-    grad = jax.jit(jax.grad(lambda w: jnp.sum(jcnn.conv2d(x, w, **kw) * g))).lower(w).as_text()
-    assert grad.count("stablehlo.convolution") == 0 and "stablehlo.dot_general" in grad
-    full = jax.jit(jax.grad(lambda x, w: jnp.sum(jcnn.conv2d(x, w, **kw) * g),
-                            argnums=(0, 1))).lower(x, w).as_text()
-    assert full.count("stablehlo.convolution") == 1
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the chunked filter gradient is CPU's")
+@pytest.mark.parametrize("x_shape, w_shape, kw, convs", [
+    ((37, 6, 5, 3), (3, 3, 3, 4), dict(padding=1), 3),  # chunks of 16, 16 and 5 images
+    ((33, 9, 8, 2), (3, 2, 2, 3),
+     dict(stride=(2, 1), dilation=(1, 2), padding=((2, 0), (1, 3))), 3),
+    ((35, 5, 5, 4), (3, 3, 2, 6), dict(groups=2), 3),
+    ((20, 7, 7, 4), (1, 1, 4, 5), dict(stride=2), 0),  # a strided 1x1 shortcut: one matmul
+    ((16, 7, 7, 4), (1, 1, 2, 6), dict(groups=2), 1),  # grouped 1x1, one chunk: a convolution
+], ids=["3x3", "strided-dilated", "groups2", "1x1-stride2", "1x1-groups2"])
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16])
+def test_cpu_filter_gradient_is_chunked_convolutions_or_a_matmul(x_shape, w_shape, kw, convs,
+                                                                  dtype, rng):
+    """On CPU the filter gradient is one convolution per chunk of 16 images (summed in float32
+    at least), or for an ungrouped 1x1 kernel one matmul: the compiled gradient holds that
+    many convolutions, and its values equal the NumPy loops' in float64 and, accumulated in
+    float32, to bfloat16's rounding."""
+    x, w = (jnp.asarray(rng.standard_normal(s), dtype) for s in (x_shape, w_shape))
+    g = jnp.asarray(rng.standard_normal(jcnn.conv2d(x, w, **kw).shape), dtype)
+    pull = jax.jit(lambda x, w: jax.vjp(lambda w: jcnn.conv2d(x, w, **kw), w)[1](g)[0])
+    text = pull.lower(x, w).as_text()
+    assert text.count("stablehlo.convolution") == convs, text
+    assert convs or "stablehlo.dot_general" in text
+    got = pull(x, w)
+    assert got.dtype == dtype
+    _, want, _ = naive.conv2d_backward(*(np.asarray(a, np.float64) for a in (x, w, g)), **kw)
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol(dtype),
+                               atol=tol(dtype) * np.abs(want).max())
