@@ -243,7 +243,7 @@ def _conv2d_dw(cfg: ConvConfig, x: Array, g: Array) -> Array:
     n, acc = x.shape[0], jnp.promote_types(x.dtype, jnp.float32)
     one_by_one = _kernel_hw(cfg, x.shape[1:3], g.shape[1:3]) == (1, 1)
     if one_by_one and cfg.groups == 1 and jax.default_backend() == "cpu":
-        # a 1x1 kernel reads one strided view of x: dW = view^T @ G, one matmul (0.12-0.15x
+        # a 1x1 kernel reads one strided view of x: dW = view^T @ G, one matmul (0.13-0.14x
         # the convolution's time for ResNet's strided shortcuts at B=128 and 512)
         (view,) = window_views(x, (1, 1), cfg.stride, cfg.dilation, cfg.pads, 0)
         dw = lax.dot_general(view.reshape(-1, x.shape[3]), g.reshape(-1, g.shape[3]),
@@ -265,10 +265,11 @@ def _dw_chunk(n: int) -> int:
     """Images per filter-gradient convolution. XLA:CPU's filter-gradient convolution (the one
     autodiff builds too) slows down faster than the batch it contracts grows: 3.8 ms for
     ResNet's 3x3 16->16 at 32x32 at B=32, 23.7 ms at B=128, 144 ms at B=512 on 2 cores. In
-    chunks of 16 images it took 0.20-0.55x the one convolution's time at B=128 and 512 for
-    the 3x3 and 5x5 convs of ResNet-8 and LeNet (0.77x for 6->16 at 14x14), and 0.6-1.0x at
-    B=32 (benchmarks/dw_forms.py). At most 32 chunks, so that a large batch does not unroll
-    into hundreds of convolutions. Elsewhere one convolution."""
+    chunks of 16 images it took 0.21-0.56x the one convolution's time at B=128 and 512 for
+    the 3x3 and 5x5 convs of ResNet-8 and LeNet (0.80x for LeNet's 6->16 at B=128), and
+    0.6-1.4x at B=32, where the step still gained (ResNet-8) or held (LeNet)
+    (benchmarks/dw_forms.py, benchmarks/RESULTS.md). At most 32 chunks, so that a large batch
+    does not unroll into hundreds of convolutions. Elsewhere one convolution."""
     return max(16, -(-n // 32)) if jax.default_backend() == "cpu" else n
 
 
