@@ -346,7 +346,7 @@ def test_cpu_filter_gradient_is_chunked_convolutions_or_a_matmul(x_shape, w_shap
     """On CPU the filter gradient is one convolution per chunk of 16 images (summed in float32
     at least), or for an ungrouped 1x1 kernel one matmul: the compiled gradient holds that
     many convolutions, and its values equal the NumPy loops' in float64 and, accumulated in
-    float32, to bfloat16's rounding."""
+    float32, to bfloat16's rounding; its second order equals autodiff's."""
     x, w = (jnp.asarray(rng.standard_normal(s), dtype) for s in (x_shape, w_shape))
     g = jnp.asarray(rng.standard_normal(jcnn.conv2d(x, w, **kw).shape), dtype)
     pull = jax.jit(lambda x, w: jax.vjp(lambda w: jcnn.conv2d(x, w, **kw), w)[1](g)[0])
@@ -358,3 +358,6 @@ def test_cpu_filter_gradient_is_chunked_convolutions_or_a_matmul(x_shape, w_shap
     _, want, _ = naive.conv2d_backward(*(np.asarray(a, np.float64) for a in (x, w, g)), **kw)
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol(dtype),
                                atol=tol(dtype) * np.abs(want).max())
+    if dtype == jnp.float64:  # reverse over reverse through the chunked rule, against autodiff
+        assert_second_order_matches(lambda x, w: jcnn.conv2d(x, w, **kw),
+                                    lambda x, w: reference.conv2d(x, w, **kw), [x, w], (0, 1))
