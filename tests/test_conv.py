@@ -332,32 +332,37 @@ def test_one_channel_forward_on_cpu_is_a_tap_sum_with_the_same_values(x_shape, w
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the chunked filter gradient is CPU's")
-@pytest.mark.parametrize("x_shape, w_shape, kw, convs", [
-    ((37, 6, 5, 3), (3, 3, 3, 4), dict(padding=1), 3),  # chunks of 16, 16 and 5 images
-    ((33, 9, 8, 2), (3, 2, 2, 3),
+@pytest.mark.parametrize("op, x_shape, w_shape, kw, convs", [
+    ("conv2d", (37, 6, 5, 3), (3, 3, 3, 4), dict(padding=1), 3),  # chunks of 16, 16 and 5
+    ("conv2d", (33, 9, 8, 2), (3, 2, 2, 3),
      dict(stride=(2, 1), dilation=(1, 2), padding=((2, 0), (1, 3))), 3),
-    ((35, 5, 5, 4), (3, 3, 2, 6), dict(groups=2), 3),
-    ((20, 7, 7, 4), (1, 1, 4, 5), dict(stride=2), 0),  # a strided 1x1 shortcut: one matmul
-    ((16, 7, 7, 4), (1, 1, 2, 6), dict(groups=2), 1),  # grouped 1x1, one chunk: a convolution
-], ids=["3x3", "strided-dilated", "groups2", "1x1-stride2", "1x1-groups2"])
+    ("conv2d", (35, 5, 5, 4), (3, 3, 2, 6), dict(groups=2), 3),
+    ("conv2d", (20, 7, 7, 4), (1, 1, 4, 5), dict(stride=2), 0),  # a strided 1x1: one matmul
+    ("conv2d", (16, 7, 7, 4), (1, 1, 2, 6), dict(groups=2), 1),  # grouped 1x1, one chunk
+    ("conv_transpose2d", (33, 4, 3, 3), (3, 3, 2, 3), dict(stride=2, output_padding=1), 3),
+    ("conv_transpose2d", (18, 3, 4, 3), (1, 1, 2, 3), dict(stride=2), 0),
+], ids=["3x3", "strided-dilated", "groups2", "1x1-stride2", "1x1-groups2", "transpose-3x3",
+        "transpose-1x1"])
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16])
-def test_cpu_filter_gradient_is_chunked_convolutions_or_a_matmul(x_shape, w_shape, kw, convs,
+def test_cpu_filter_gradient_is_chunked_convolutions_or_a_matmul(op, x_shape, w_shape, kw, convs,
                                                                   dtype, rng):
     """On CPU the filter gradient is one convolution per chunk of 16 images (summed in float32
     at least), or for an ungrouped 1x1 kernel one matmul: the compiled gradient holds that
     many convolutions, and its values equal the NumPy loops' in float64 and, accumulated in
-    float32, to bfloat16's rounding; its second order equals autodiff's."""
+    float32, to bfloat16's rounding; its second order equals autodiff's. conv_transpose2d's
+    filter gradient is the same map with its output cotangent as the images."""
+    fn, ref, _, loops = OPS[op]
     x, w = (jnp.asarray(rng.standard_normal(s), dtype) for s in (x_shape, w_shape))
-    g = jnp.asarray(rng.standard_normal(jcnn.conv2d(x, w, **kw).shape), dtype)
-    pull = jax.jit(lambda x, w: jax.vjp(lambda w: jcnn.conv2d(x, w, **kw), w)[1](g)[0])
+    g = jnp.asarray(rng.standard_normal(fn(x, w, **kw).shape), dtype)
+    pull = jax.jit(lambda x, w: jax.vjp(lambda w: fn(x, w, **kw), w)[1](g)[0])
     text = pull.lower(x, w).as_text()
     assert text.count("stablehlo.convolution") == convs, text
     assert convs or "stablehlo.dot_general" in text
     got = pull(x, w)
     assert got.dtype == dtype
-    _, want, _ = naive.conv2d_backward(*(np.asarray(a, np.float64) for a in (x, w, g)), **kw)
+    _, want, _ = loops(*(np.asarray(a, np.float64) for a in (x, w, g)), **kw)
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=tol(dtype),
                                atol=tol(dtype) * np.abs(want).max())
     if dtype == jnp.float64:  # reverse over reverse through the chunked rule, against autodiff
-        assert_second_order_matches(lambda x, w: jcnn.conv2d(x, w, **kw),
-                                    lambda x, w: reference.conv2d(x, w, **kw), [x, w], (0, 1))
+        assert_second_order_matches(lambda x, w: fn(x, w, **kw), lambda x, w: ref(x, w, **kw),
+                                    [x, w], (0, 1))
