@@ -1,7 +1,7 @@
 """The conv filter gradient on this backend, several ways: XLA's one convolution over the whole
 batch (x as CHWN, the output image as the window; what autodiff builds too), jcnn's
 `_conv2d_dw` as shipped (on CPU one convolution per chunk of `_dw_chunk` images, a matmul for
-1x1 kernels), the convolution in chunks of other sizes, and image patches^T @ G in a loop over
+1x1 kernels), the same rule with chunks of other sizes, and image patches^T @ G in a loop over
 chunks of about 1 MiB of patches (a form tried on 2026-12-02 and not kept). Alone for the convs
 of ResNet-8 and LeNet, then in the jcnn ResNet-8 and LeNet training steps as shipped and with
 one convolution per filter gradient, beside autodiff, timed interleaved.
@@ -38,7 +38,9 @@ def one_conv(cfg, x, g):
 
 
 def chunked(cfg, x, g, size):
-    return sum(one_conv(cfg, x[i:i + size], g[i:i + size]) for i in range(0, x.shape[0], size))
+    """jcnn's rule with `size` images per chunk instead of `_dw_chunk`'s (set while tracing)."""
+    with mock.patch.object(conv, "_dw_chunk", lambda n: size):
+        return conv._conv2d_dw(cfg, x, g)
 
 
 def patches(cfg, x, g, budget=2 ** 20, max_parts=32):

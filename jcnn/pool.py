@@ -5,8 +5,9 @@ input is Xp (padding -inf for max, 0 for average), and window position k = (i, j
     Xp[n, y*sh + i, x*sw + j, c]        for every output (y, x).
 Every backward below puts the part of G that each window position k owns back where k reads
 from: in general a strided `lax.pad` per position, summed, then cropped by the padding
-(`_place`); for tiling windows an inverse reshape (`_untile`, below). No scatter: f32 scatter-add lowers to a slow compare-and-swap loop
-on CPU (jaxlib 0.10.2, openxla/xla#46225). Input rows no window reaches receive zero.
+(`_place`); for tiling windows an inverse reshape (`_untile`, below). No scatter: f32
+scatter-add lowers to a slow compare-and-swap loop on CPU (jaxlib 0.10.2, openxla/xla#46225).
+Input rows no window reaches receive zero.
 
 max:  Y = max_k Xp_k;  dX gets G at the FIRST k (row-major) with Xp_k == Y, as autodiff's
       select_and_scatter and PyTorch do; ties (e.g. zeros after ReLU) are never double counted.
