@@ -147,17 +147,19 @@ def _max_and_bits(cfg: PoolConfig, x: Array) -> tuple[Array, Array]:
     bits one byte per 2x2 window: the backward reads them. The int8 index below, written
     element by element, was never stored: XLA fused its comparisons into the backward and
     kept the f32 input alive to redo them there (LeNet step temp memory 44.2 -> 32.7 MB at
-    B=512; benchmarks/RESULTS.md)."""
+    B=512; benchmarks/RESULTS.md). A half-precision x is reduced in float32 (exact: max only
+    picks): XLA:CPU emulates each bf16 compare, 1.6x the time for LeNet's first pool."""
     dtype = _bits_dtype(cfg.window[0] * cfg.window[1])
-    tiles = _tiles(x, cfg, -jnp.inf)
+    tiles = _tiles(x.astype(jnp.promote_types(x.dtype, jnp.float32)), cfg, -jnp.inf)
 
     def combine(a, b):
         (ma, ba), (mb, bb) = a, b
         m = jnp.maximum(ma, mb)
         return m, (jnp.where(ma == m, ba, jnp.zeros_like(ba))
                    | jnp.where(mb == m, bb, jnp.zeros_like(bb)))
-    return lax.reduce((tiles, jnp.broadcast_to(_position_bits(cfg, dtype), tiles.shape)),
-                      (jnp.array(-jnp.inf, x.dtype), jnp.zeros((), dtype)), combine, (2, 4))
+    y, bits = lax.reduce((tiles, jnp.broadcast_to(_position_bits(cfg, dtype), tiles.shape)),
+                         (jnp.array(-jnp.inf, tiles.dtype), jnp.zeros((), dtype)), combine, (2, 4))
+    return y.astype(x.dtype), bits
 
 
 def _first_owned(bits: Array, cfg: PoolConfig) -> Array:
