@@ -177,16 +177,17 @@ def _taps_pay(x: Array, w: Array) -> bool:
 def _tap_sum(cfg: ConvConfig, x: Array, w: Array, parts: int = 4) -> Array:
     """The forward with one input channel as a sum over the kernel's taps,
     Y = sum_{i,j} Xp_ij * W[i,j,0,:] (Xp_ij: the (N, OH, OW, 1) view tap (i, j) reads), which
-    XLA fuses into one loop. Accumulates in float32 at least, as the convolution does: x is
-    widened before the loop and Y narrowed after it, since converting inside the loop (per tap
-    read, per stored element) made LeNet's bf16 forward 4x slower (1.2 vs 4.6-5.2 ms at B=128).
+    XLA fuses into one loop. Accumulates in float32 at least, as the convolution does.
 
-    The sum runs in a `fori_loop` over `parts` slices of the batch, so that Y is a stored
-    buffer: as a plain expression XLA:CPU fused it into each of its consumers (the relu, the
-    pool's windows, the backward's mask) and recomputed it there, three times over and slower
-    than once (LeNet step at B=128 and 512: 0.83-0.85x autodiff's time with the plain sum,
-    0.56-0.58x with the loop; benchmarks/RESULTS.md).
-    The batch is zero-padded to a multiple of `parts` and the padding's rows are dropped."""
+    Y is computed over `parts` slices of the batch so that it is a stored buffer: as a plain
+    expression XLA:CPU fused it into each of its consumers (the relu, the pool's windows, the
+    backward's mask) and recomputed it there, three times over and slower than once (LeNet
+    step at B=128 and 512: 0.83-0.85x autodiff's time). The slices' concatenation is one
+    fusion that XLA splits across the cores (0.55x at B=128). A narrower x goes through a
+    `fori_loop` over the slices instead (one thread per slice, 0.57x in float32), whose f32
+    buffer is narrowed after it: in the concatenation the narrowing fused into the tap sum
+    and slowed it down 4x (LeNet bf16 step 0.56x with it, 0.48x with the loop), as converting
+    per tap read did in the loop (benchmarks/RESULTS.md)."""
     acc = jnp.promote_types(x.dtype, jnp.float32)
     taps = w.astype(acc).reshape(-1, 1, 1, 1, w.shape[3])  # (kh*kw, 1, 1, 1, O)
 
@@ -197,9 +198,10 @@ def _tap_sum(cfg: ConvConfig, x: Array, w: Array, parts: int = 4) -> Array:
     n = x.shape[0]
     parts = min(parts, n)
     size = -(-n // parts)
+    if x.dtype == acc:
+        return jnp.concatenate([tap_sum(x[k:k + size]) for k in range(0, n, size)])
     xs = jnp.pad(x.astype(acc), ((0, parts * size - n), (0, 0), (0, 0), (0, 0)))
-    out = jax.eval_shape(tap_sum, xs[:size])
-    y = jnp.zeros((parts * size, *out.shape[1:]), out.dtype)
+    y = jnp.zeros((parts * size, *jax.eval_shape(tap_sum, xs[:size]).shape[1:]), acc)
 
     def part(k, y):
         return lax.dynamic_update_slice_in_dim(
