@@ -8,8 +8,9 @@ public `conv_transpose2d`) and the filter gradient (`_conv2d_dw`: dw from x, g).
 `custom_vjp` whose backward is written with the other two, so the family is closed under
 differentiation: `jax.grad` of `jax.grad` runs through these rules too, never through JAX's
 autodiff of a convolution. On CPU the forward with one input channel is a sum over the kernel's
-taps instead of XLA's convolution (`_tap_sum`), and the filter gradient is one convolution per
-chunk of 16 images (a matmul for 1x1 kernels): the same maps, computed faster.
+taps instead of XLA's convolution (`_tap_sum`), one with 3 to 7 input channels is padded to 8
+(`_eight_channels_pay`), and the filter gradient is one convolution per chunk of 16 images (a
+matmul for 1x1 kernels): the same maps, computed faster.
 """
 from __future__ import annotations
 
@@ -160,6 +161,9 @@ def _bilinear_fwd(f):
 def _conv2d(cfg: ConvConfig, x: Array, w: Array) -> Array:
     if _taps_pay(x, w):
         return _tap_sum(cfg, x, w)
+    if _eight_channels_pay(x, w, cfg.groups):  # zero channels add nothing to the sum
+        extra = ((0, 0), (0, 0), (0, 8 - x.shape[3]))
+        x, w = jnp.pad(x, ((0, 0), *extra)), jnp.pad(w, (*extra, (0, 0)))
     return lax.conv_general_dilated(x, w, window_strides=cfg.stride, padding=cfg.pads,
                                     rhs_dilation=cfg.dilation, dimension_numbers=_NHWC,
                                     feature_group_count=cfg.groups)
@@ -172,6 +176,17 @@ def _taps_pay(x: Array, w: Array) -> bool:
     0.79x for 5x5 1->32, but 1.33x for 7x7 1->64 stride 2 (benchmarks/conv_forms.py)."""
     kh, kw, _, o = w.shape  # x's own channels: a depthwise w has 1 input channel too
     return x.shape[3] == 1 and kh * kw * o <= 1024 and jax.default_backend() == "cpu"
+
+
+def _eight_channels_pay(x: Array, w: Array, groups: int) -> bool:
+    """On CPU, 3 to 7 input channels into at most 16 outputs: XLA's (Eigen's) convolution is
+    faster with the input padded to 8 zero channels. On 2 cores, B=128, 5x5 at 14x14, with the
+    pad: 0.63-0.77x the time for 6 -> 4, 8, 12, 16 (LeNet's conv2; 0.75x at B=512), 0.74x for
+    7 -> 16, 0.85-0.93x for 3, 4, 5 -> 16, 0.84-0.87x for 3x3 3 -> 16 at 32x32 (ResNet's stem);
+    but 1.07x for 2 -> 16, 1.13-1.47x for 6 -> 24, 32, 64, 1.08-1.26x for 10 and 12 -> 16, and
+    5-8x for 1 channel (benchmarks/RESULTS.md, sixth session)."""
+    return (groups == 1 and 3 <= x.shape[3] < 8 and w.shape[3] <= 16
+            and jax.default_backend() == "cpu")
 
 
 def _tap_sum(cfg: ConvConfig, x: Array, w: Array, parts: int = 4) -> Array:

@@ -332,6 +332,35 @@ def test_one_channel_forward_on_cpu_is_a_tap_sum_with_the_same_values(x_shape, w
     assert filter_grad.as_text().count("stablehlo.convolution") == 1
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the padding is the CPU form")
+@pytest.mark.parametrize("x_shape, w_shape, kw, padded", [
+    ((3, 7, 6, 6), (5, 5, 6, 16), dict(padding=2), True),  # LeNet's conv2
+    ((2, 9, 8, 3), (3, 3, 3, 5), dict(stride=2, dilation=(1, 2), padding=1), True),
+    ((2, 6, 6, 7), (3, 2, 7, 4), dict(padding=((1, 0), (2, 1))), True),
+    ((2, 6, 6, 2), (3, 3, 2, 16), dict(padding=1), False),  # 2 channels: slower padded
+    ((2, 6, 6, 6), (3, 3, 6, 24), dict(padding=1), False),  # 24 outputs: slower padded
+    ((2, 6, 6, 8), (3, 3, 8, 4), {}, False),
+    ((2, 6, 6, 6), (3, 3, 3, 4), dict(groups=2), False),
+], ids=["6->16", "3->5-strided-dilated", "7->4-asymmetric", "2->16", "6->24", "8->4", "groups2"])
+def test_three_to_seven_channels_on_cpu_are_padded_to_eight_with_the_same_values(
+        x_shape, w_shape, kw, padded, rng):
+    """3 to 7 input channels into at most 16 outputs: the forward convolution reads x and w
+    padded with zero channels to 8 (faster in XLA:CPU's convolution), and gives XLA's
+    convolution of the unpadded operands."""
+    x, w = (jnp.asarray(rng.standard_normal(s)) for s in (x_shape, w_shape))
+    groups = kw.get("groups", 1)
+    cfg = conv2d_config(x, w, None, kw.get("stride", 1), kw.get("padding", 0),
+                        kw.get("dilation", 1), groups)
+    want = jax.lax.conv_general_dilated(x, w, cfg.stride, cfg.pads, rhs_dilation=cfg.dilation,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                        feature_group_count=groups)
+    np.testing.assert_allclose(jcnn.conv2d(x, w, **kw), want, rtol=1e-12, atol=1e-12)
+    (conv,) = [line for line in jax.jit(lambda x: jcnn.conv2d(x, w, **kw)).lower(x).as_text()
+               .splitlines() if "stablehlo.convolution" in line]
+    lhs = f"tensor<{x_shape[0]}x{x_shape[1]}x{x_shape[2]}x{8 if padded else x_shape[3]}xf64>"
+    assert conv.split(") -> ")[0].split("(")[-1].startswith(lhs), conv
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the tap sum is the CPU form")
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_half_precision_tap_sum_loops_in_float32_and_rounds_once(dtype, rng):
