@@ -161,6 +161,8 @@ def _bilinear_fwd(f):
 def _conv2d(cfg: ConvConfig, x: Array, w: Array) -> Array:
     if _taps_pay(x, w):
         return _tap_sum(cfg, x, w)
+    if _rows_pay(cfg, x, w):
+        return _by_kernel_rows(x, w, cfg.pads)
     if _eight_channels_pay(x, w, cfg.groups):  # zero channels add nothing to the sum
         extra = ((0, 0), (0, 0), (0, 8 - x.shape[3]))
         x, w = jnp.pad(x, ((0, 0), *extra)), jnp.pad(w, (*extra, (0, 0)))
@@ -176,6 +178,58 @@ def _taps_pay(x: Array, w: Array) -> bool:
     0.79x for 5x5 1->32, but 1.33x for 7x7 1->64 stride 2 (benchmarks/conv_forms.py)."""
     kh, kw, _, o = w.shape  # x's own channels: a depthwise w has 1 input channel too
     return x.shape[3] == 1 and kh * kw * o <= 1024 and jax.default_backend() == "cpu"
+
+
+def _rows_pay(cfg: ConvConfig, x: Array, w: Array) -> bool:
+    """On CPU, a stride-1 undilated kh x kw convolution (kh > 1) from at least 8 channels into
+    3 to 7, on at least 14x14 pixels. XLA's (Eigen's) convolution extracts kh*kw*C values per
+    output pixel whatever O is; `_by_kernel_rows` extracts kw*C. On 2 cores, B=128, every
+    such shape measured 0.29-0.86x the convolution's time (3x3 and 5x5, 8 to 64 -> 3 and 6
+    channels, 14x14 to 32x32; LeNet's conv2 input gradient, 16 -> 6 at 14x14: 0.51x, 0.45x
+    at B=512); at 8x8, with 1 output channel or with 8 and more, it was up to 1.5x slower
+    (benchmarks/RESULTS.md, sixth session)."""
+    kh, _, c, o = w.shape
+    return (cfg.groups == 1 and cfg.stride == cfg.dilation == (1, 1) and kh > 1 and c >= 8
+            and 3 <= o <= 7 and x.shape[1] * x.shape[2] >= 196
+            and jax.default_backend() == "cpu")
+
+
+def _by_kernel_rows(x: Array, w: Array, pads) -> Array:
+    """The stride-1 undilated convolution of x with the HWIO kernel w as a 1 x kw convolution
+    into kh*O channels, one group of O per kernel row i, over every padded row r:
+        Z[n, r, x, i, o] = sum_{j,c} Xp[n, r, x + j, c] W[i, j, c, o],
+    then Y[n, y, x, o] = sum_i Z[n, y + i, x, i, o]: kh shifted rows summed (in float32 at
+    least, as the convolution accumulates). Z is kh times Y: above 128 images it is made 32
+    images at a time in a loop. LeNet's step at B=512 took 0.29x autodiff's time so, 0.38x with
+    one Z (its temp memory crossed 32 MB, past which glibc maps and unmaps it every step, and
+    every page faulted) and 0.37x with 128 at a time; at B=128 one Z: 0.45x (the loop: 0.47x)."""
+    kh, kw, c, o = w.shape
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    rows = jnp.transpose(w, (1, 2, 0, 3)).reshape(1, kw, c, kh * o)
+
+    def rows_summed(xs):
+        z = lax.conv_general_dilated(xs, rows, (1, 1), pads, dimension_numbers=_NHWC,
+                                     preferred_element_type=acc)
+        z = z.reshape(*z.shape[:3], kh, o)
+        oh = z.shape[1] - kh + 1
+        return sum(z[:, i:i + oh, :, i] for i in range(kh))
+    y = rows_summed(x) if x.shape[0] <= 128 else _batch_loop(rows_summed, x, 32)
+    return y.astype(x.dtype)
+
+
+def _batch_loop(f, x: Array, size: int) -> Array:
+    """f of x computed `size` images at a time in a `fori_loop` (one slice's temporaries alive
+    at once), into one buffer."""
+    n = x.shape[0]
+    parts = -(-n // size)
+    xs = jnp.pad(x, ((0, parts * size - n),) + ((0, 0),) * (x.ndim - 1))
+    out = jax.eval_shape(f, xs[:size])
+    y = jnp.zeros((parts * size, *out.shape[1:]), out.dtype)
+
+    def part(k, y):
+        return lax.dynamic_update_slice_in_dim(
+            y, f(lax.dynamic_slice_in_dim(xs, k * size, size)), k * size, 0)
+    return lax.fori_loop(0, parts, part, y)[:n]
 
 
 def _eight_channels_pay(x: Array, w: Array, groups: int) -> bool:
@@ -215,13 +269,7 @@ def _tap_sum(cfg: ConvConfig, x: Array, w: Array, parts: int = 4) -> Array:
     size = -(-n // parts)
     if x.dtype == acc:
         return jnp.concatenate([tap_sum(x[k:k + size]) for k in range(0, n, size)])
-    xs = jnp.pad(x.astype(acc), ((0, parts * size - n), (0, 0), (0, 0), (0, 0)))
-    y = jnp.zeros((parts * size, *jax.eval_shape(tap_sum, xs[:size]).shape[1:]), acc)
-
-    def part(k, y):
-        return lax.dynamic_update_slice_in_dim(
-            y, tap_sum(lax.dynamic_slice_in_dim(xs, k * size, size)), k * size, 0)
-    return lax.fori_loop(0, parts, part, y)[:n].astype(x.dtype)
+    return _batch_loop(tap_sum, x.astype(acc), size).astype(x.dtype)
 
 
 def _conv2d_bwd(cfg, res, g):
@@ -237,6 +285,9 @@ def _conv2d_dx(cfg: ConvConfig, g: Array, w: Array) -> Array:
     w = jnp.moveaxis(w, 3, 2).reshape(kh, kw, cfg.groups * c_g, o // cfg.groups)
     pads = [(d * (k - 1) - lo, d * (k - 1) - hi) for k, d, (lo, hi) in
             zip((kh, kw), cfg.dilation, cfg.pads)]
+    hwio = jnp.swapaxes(w, 2, 3)  # O/G in, C out
+    if _rows_pay(cfg, g, hwio):
+        return _by_kernel_rows(g, hwio, pads)
     # When XLA (jaxlib 0.10.2, CPU) swaps a convolution's operands it keeps in place any window
     # axis with no padding, size == input dilation and stride == size - 1, builds an invalid
     # convolution and aborts the process ("Window dimensions do not match RHS shape"). Here that

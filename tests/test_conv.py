@@ -62,6 +62,9 @@ CONV2D = [
          dict(stride=(2, 1), padding=((1, 1), (0, 0))), xla_aborts=True),
     Case("everything", (2, 7, 9, 4), (3, 2, 2, 6), dict(stride=(2, 3), padding=((1, 0), (2, 1)),
                                                         dilation=(2, 1), groups=2)),
+    # on CPU: LeNet's conv2, its forward padded to 8 channels, its dx by kernel rows (16 -> 6)
+    Case("lenet-conv2", (2, 14, 14, 6), (5, 5, 6, 16), dict(padding=2)),
+    Case("kernel-rows-forward", (1, 14, 15, 9), (3, 3, 9, 5), dict(padding=((2, 0), (1, 1)))),
 ]
 
 CONV_TRANSPOSE2D = [
@@ -85,6 +88,7 @@ CONV_TRANSPOSE2D = [
     Case("everything", (2, 4, 3, 4), (3, 2, 3, 4), dict(stride=(2, 3), padding=((1, 0), (0, 1)),
                                                         output_padding=(1, 2), dilation=(1, 2),
                                                         groups=2)),
+    Case("kernel-rows", (1, 14, 14, 8), (3, 3, 4, 8), dict(padding=1)),  # CPU: 8 -> 4 by rows
 ]
 
 
@@ -152,7 +156,8 @@ def test_matches_naive_loops(op, c, rng):
 
 # stride3-unreached-rows has one input channel: on CPU its forward is the tap sum
 SECOND_ORDER = {"stride2-unreached-rows", "stride3-unreached-rows", "same-odd-stride2",
-                "stride2-output-padding", "depthwise", "everything"}
+                "stride2-output-padding", "depthwise", "everything", "lenet-conv2",
+                "kernel-rows-forward", "kernel-rows"}
 
 
 @pytest.mark.parametrize("op, c", params(names=SECOND_ORDER))
@@ -359,6 +364,35 @@ def test_three_to_seven_channels_on_cpu_are_padded_to_eight_with_the_same_values
                .splitlines() if "stablehlo.convolution" in line]
     lhs = f"tensor<{x_shape[0]}x{x_shape[1]}x{x_shape[2]}x{8 if padded else x_shape[3]}xf64>"
     assert conv.split(") -> ")[0].split("(")[-1].startswith(lhs), conv
+
+
+def _convolutions(f, *args) -> list[str]:
+    """The operand and result types of each convolution in f's lowering."""
+    return [line.split("} : ")[-1] for line in jax.jit(f).lower(*args).as_text().splitlines()
+            if "stablehlo.convolution" in line]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the kernel-rows form is CPU's")
+@pytest.mark.parametrize("n, loops", [(3, 0), (130, 1)])
+def test_few_output_channels_on_cpu_go_by_kernel_rows_with_the_same_values(n, loops, rng):
+    """9 -> 5 channels at 14x15, 3x3: one 1x3 convolution into 3*5 channels over the padded
+    rows, and its rows summed, in a loop of 32 images above 128 images; the values are XLA's
+    convolution's. LeNet's conv2 input gradient (16 -> 6) goes the same way."""
+    x = jnp.asarray(rng.standard_normal((n, 14, 15, 9)))
+    w = jnp.asarray(rng.standard_normal((3, 3, 9, 5)))
+    pads = ((2, 0), (1, 1))
+    want = jax.lax.conv_general_dilated(x, w, (1, 1), pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(jcnn.conv2d(x, w, padding=pads), want, rtol=1e-12, atol=1e-12)
+    size = n if n <= 128 else 32
+    assert _convolutions(lambda x: jcnn.conv2d(x, w, padding=pads), x) == [
+        f"(tensor<{size}x14x15x9xf64>, tensor<1x3x9x15xf64>) -> tensor<{size}x16x15x15xf64>"]
+    text = jax.jit(lambda x: jcnn.conv2d(x, w, padding=pads)).lower(x).as_text()
+    assert text.count("stablehlo.while") == loops
+    g = jnp.asarray(rng.standard_normal((2, 14, 14, 16)))
+    dx = jax.vjp(lambda x: jcnn.conv2d(x, jnp.ones((5, 5, 6, 16)), padding=2),
+                 jnp.ones((2, 14, 14, 6)))[1]
+    assert "tensor<1x5x16x30xf64>" in " ".join(_convolutions(dx, g))
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the tap sum is the CPU form")
