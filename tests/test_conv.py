@@ -65,6 +65,8 @@ CONV2D = [
     # on CPU: LeNet's conv2, its forward padded to 8 channels, its dx by kernel rows (16 -> 6)
     Case("lenet-conv2", (2, 14, 14, 6), (5, 5, 6, 16), dict(padding=2)),
     Case("kernel-rows-forward", (1, 14, 15, 9), (3, 3, 9, 5), dict(padding=((2, 0), (1, 1)))),
+    # its dx by kernel rows (9 -> 4) with padding past k - 1: the rows' pads are negative
+    Case("kernel-rows-cropped-dx", (1, 14, 15, 4), (3, 3, 4, 9), dict(padding=((4, 0), (0, 3)))),
 ]
 
 CONV_TRANSPOSE2D = [
@@ -157,7 +159,7 @@ def test_matches_naive_loops(op, c, rng):
 # stride3-unreached-rows has one input channel: on CPU its forward is the tap sum
 SECOND_ORDER = {"stride2-unreached-rows", "stride3-unreached-rows", "same-odd-stride2",
                 "stride2-output-padding", "depthwise", "everything", "lenet-conv2",
-                "kernel-rows-forward", "kernel-rows"}
+                "kernel-rows-forward", "kernel-rows-cropped-dx", "kernel-rows"}
 
 
 @pytest.mark.parametrize("op, c", params(names=SECOND_ORDER))
