@@ -16,10 +16,6 @@ def tol(dtype):
     return TOL[jnp.dtype(dtype).type]
 
 
-def _cotangent(y, seed):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(np.shape(y)), jnp.result_type(y))
-
-
 def restrict(fn, args, argnums):
     """`fn` as a function of args[argnums] only, the other arguments held fixed."""
     def g(*diff):
@@ -31,12 +27,20 @@ def restrict(fn, args, argnums):
 
 
 def vjp_both(f, ref, args, argnums, seed=0):
-    """Outputs and cotangents of f and ref w.r.t. args[argnums] for one random output cotangent."""
+    """Outputs and cotangents of f and ref w.r.t. args[argnums] for one random output cotangent,
+    each jit-compiled whole (one compile, not one per primitive: the suite is compile-bound)."""
     diff = [args[i] for i in argnums]
-    y, pull = jax.vjp(restrict(f, args, argnums), *diff)
-    y_ref, pull_ref = jax.vjp(restrict(ref, args, argnums), *diff)
-    ct = _cotangent(y, seed)
-    return y, y_ref, pull(ct), pull_ref(ct)
+    out = jax.eval_shape(restrict(f, args, argnums), *diff)
+    ct = jnp.asarray(np.random.default_rng(seed).standard_normal(out.shape), out.dtype)
+
+    def pulled(fn):
+        @jax.jit
+        def y_and_cotangents(*d):
+            y, pull = jax.vjp(restrict(fn, args, argnums), *d)
+            return y, pull(ct)
+        return y_and_cotangents(*diff)
+    (y, d), (y_ref, d_ref) = pulled(f), pulled(ref)
+    return y, y_ref, d, d_ref
 
 
 def assert_matches_reference(f, ref, args, argnums, *, rtol=None, seed=0):
@@ -73,8 +77,8 @@ def assert_second_order_matches(f, ref, args, argnums, *, rtol=None, seed=1):
         return s
 
     every = tuple(range(len(diff)))
-    got = jax.grad(scalar(f), argnums=every)(*diff)
-    want = jax.grad(scalar(ref), argnums=every)(*diff)
+    got = jax.jit(jax.grad(scalar(f), argnums=every))(*diff)
+    want = jax.jit(jax.grad(scalar(ref), argnums=every))(*diff)
     rtol = tol(out.dtype) * 10 if rtol is None else rtol
     for i, a, b in zip(argnums, got, want):
         _close(a, b, rtol, f"second order, argument {i}")
@@ -83,5 +87,5 @@ def assert_second_order_matches(f, ref, args, argnums, *, rtol=None, seed=1):
 def assert_finite_differences(f, args, argnums, order=1):
     """Central finite differences in float64 on random directions (reverse mode only:
     custom_vjp has no forward mode)."""
-    check_grads(restrict(f, args, argnums), [args[i] for i in argnums], order=order,
+    check_grads(jax.jit(restrict(f, args, argnums)), [args[i] for i in argnums], order=order,
                 modes=["rev"], atol=1e-5, rtol=1e-5, eps=1e-6)
