@@ -55,6 +55,10 @@ CASES = [
     _conv("depthwise", (1, 6, 6, 3), (3, 3, 1, 3), stride=2, padding=1, groups=3),
     _conv("1x1", (2, 3, 4, 5), (1, 1, 5, 2)),
     _conv("kernel = padded input", (1, 3, 4, 2), (5, 6, 2, 3), padding=1),
+    # the forms jcnn picks on CPU (conv.py): LeNet's shapes must be checked as they are run
+    _conv("1 channel (CPU: tap sum)", (2, 8, 8, 1), (5, 5, 1, 4), padding=2),
+    _conv("6->16 14x14 (CPU: rows dx)", (1, 14, 14, 6), (5, 5, 6, 16), padding=2),
+    _conv("33 images (CPU: dW chunks)", (33, 5, 5, 3), (3, 3, 3, 2), padding=1, full=True),
     _conv("VALID, s (1,2), dil (2,1)", (2, 9, 9, 2), (3, 3, 2, 2), stride=(1, 2),
           dilation=(2, 1), padding="VALID", full=True),
     _conv("SAME s2 dil 2, groups 2", (1, 9, 8, 4), (3, 3, 2, 4), stride=2, padding="SAME",
