@@ -292,12 +292,30 @@ def bench_op(case: OpCase, batch: int, dtype: str, *, repeats: int, rounds: int,
 
 # ---- the command ----------------------------------------------------------------------------
 
+def describe_cpu(cpuinfo: str) -> Optional[str]:
+    """'AMD EPYC (family 23 model 1, AVX2)' from /proc/cpuinfo's text: the model name alone does
+    not tell hosts apart (two EPYC generations have measured different ratios), and which of
+    jcnn's CPU forms pay depends on the vector extensions (benchmarks/RESULTS.md)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if "model name" not in fields:
+        return None
+    flags = set(fields.get("flags", "").split())
+    isa = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"),
+                                        ("asimd", "NEON")) if flag in flags), None)
+    detail = [f"family {fields['cpu family']} model {fields['model']}"
+              if "cpu family" in fields and "model" in fields else None, isa]
+    detail = [d for d in detail if d]
+    return fields["model name"] + (f" ({', '.join(detail)})" if detail else "")
+
+
 def environment() -> dict:
     """Where the numbers come from: device, cores, versions, date and load."""
     from importlib import metadata
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    info = Path("/proc/cpuinfo")
+    cpu = (describe_cpu(info.read_text()) if info.exists() else None) or platform.processor()
     try:
         torch_version = metadata.version("torch")
     except metadata.PackageNotFoundError:
@@ -383,7 +401,7 @@ def run(args) -> int:
     torch_modes = _torch_modes(args.torch, args.smoke)
     hand = HANDS[args.hand]
     env = environment()
-    print(f"jcnn bench: {env['platform']} {env['device']} ({env['cores']} cores), jax {env['jax']}, "
+    print(f"jcnn bench: {env['platform']} {env['device']}, {env['cores']} cores, jax {env['jax']}, "
           f"jaxlib {env['jaxlib']}, torch {env['torch'] or 'not installed'}, load "
           f"{' '.join(f'{x:.2f}' for x in env['load_average'])}; {repeats} runs per path in "
           f"{rounds} interleaved rounds, median", flush=True)

@@ -88,3 +88,14 @@ def test_faults_per_call_counts_fresh_pages():
     pages = 64 * 2**20 // 4096
     assert bench.faults_per_call(lambda: bytearray(b"\x01") * (64 * 2**20), calls=3) > 0.9 * pages
     assert bench.faults_per_call(lambda: None, calls=3) < 0.01 * pages
+
+
+def test_the_cpu_is_named_with_its_family_model_and_vector_extensions():
+    amd = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\n"
+           "model name\t: AMD EPYC\nflags\t\t: fpu sse avx fma avx2\n\nprocessor\t: 1\n"
+           "model name\t: AMD EPYC\n")
+    assert bench.describe_cpu(amd) == "AMD EPYC (family 23 model 1, AVX2)"
+    intel = "cpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R)\nflags\t: avx2 avx512f"
+    assert bench.describe_cpu(intel) == "Intel(R) Xeon(R) (family 6 model 143, AVX-512)"
+    assert bench.describe_cpu("model name\t: Some CPU\n") == "Some CPU"
+    assert bench.describe_cpu("Features\t: fp asimd\n") is None  # no model name: the caller falls back
