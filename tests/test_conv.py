@@ -231,7 +231,8 @@ def test_vmap_and_vmap_of_grad_agree_with_a_loop(op, c, rng):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
-@pytest.mark.parametrize("op, c", params(names={"everything", "stride3-unreached-rows"}))
+@pytest.mark.parametrize("op, c", params(names={"everything", "stride3-unreached-rows",
+                                                  "lenet-conv2", "kernel-rows-forward"}))
 def test_low_precision_matches_float64(op, c, dtype, rng):
     """The same (rounded) inputs in float64 and in `dtype`: the result and cotangents come
     back in `dtype`, within that dtype's tolerance of the float64 ones."""
