@@ -26,20 +26,21 @@ def restrict(fn, args, argnums):
     return g
 
 
+def pulled(f, ct, *args):
+    """f(*args) and its cotangents for the output cotangent ct, jit-compiled whole: one compile,
+    not one per primitive (the suite is compile-bound)."""
+    def y_and_cotangents(ct, *args):
+        y, pull = jax.vjp(f, *args)
+        return y, pull(ct)
+    return jax.jit(y_and_cotangents)(ct, *args)
+
+
 def vjp_both(f, ref, args, argnums, seed=0):
-    """Outputs and cotangents of f and ref w.r.t. args[argnums] for one random output cotangent,
-    each jit-compiled whole (one compile, not one per primitive: the suite is compile-bound)."""
+    """Outputs and cotangents of f and ref w.r.t. args[argnums] for one random output cotangent."""
     diff = [args[i] for i in argnums]
     out = jax.eval_shape(restrict(f, args, argnums), *diff)
     ct = jnp.asarray(np.random.default_rng(seed).standard_normal(out.shape), out.dtype)
-
-    def pulled(fn):
-        @jax.jit
-        def y_and_cotangents(*d):
-            y, pull = jax.vjp(restrict(fn, args, argnums), *d)
-            return y, pull(ct)
-        return y_and_cotangents(*diff)
-    (y, d), (y_ref, d_ref) = pulled(f), pulled(ref)
+    (y, d), (y_ref, d_ref) = (pulled(restrict(fn, args, argnums), ct, *diff) for fn in (f, ref))
     return y, y_ref, d, d_ref
 
 

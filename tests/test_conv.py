@@ -21,7 +21,7 @@ import jcnn
 from jcnn import naive, reference
 from jcnn._validate import conv2d_config, conv_transpose2d_config
 from gradcheck import (assert_finite_differences, assert_matches_reference,
-                       assert_second_order_matches, tol)
+                       assert_second_order_matches, pulled, tol)
 
 
 class Case(NamedTuple):
@@ -143,14 +143,9 @@ def test_matches_finite_differences(op, c, rng):
 def assert_matches_loops(op, x, w, b, kw, rng):
     fn, _, loop_fwd, loop_bwd = OPS[op]
     f = lambda x, w, b: fn(x, w, b, **kw)
-
-    @jax.jit  # one compile, not one per primitive
-    def forward_and_pull(x, w, b, g):
-        y, pull = jax.vjp(f, x, w, b)
-        return y, pull(g)
     out = jax.eval_shape(f, x, w, b)
     g = jnp.asarray(rng.standard_normal(out.shape), out.dtype)
-    y, grads = forward_and_pull(x, w, b, g)
+    y, grads = pulled(f, g, x, w, b)
     np.testing.assert_allclose(y, loop_fwd(x, w, b, **kw), rtol=1e-10, atol=1e-10)
     for name, got, want in zip(("dx", "dw", "db"), grads, loop_bwd(x, w, g, **kw)):
         if got is not None:
@@ -238,13 +233,13 @@ def test_low_precision_matches_float64(op, c, dtype, rng):
     back in `dtype`, within that dtype's tolerance of the float64 ones."""
     f, _, args, argnums = build(op, c, rng, dtype)
     wide = [None if a is None else a.astype(jnp.float64) for a in args]
-    y, pull = jax.vjp(f, *args)
-    y64, pull64 = jax.vjp(f, *wide)
-    g = jnp.asarray(rng.standard_normal(y.shape), dtype)
+    g = jnp.asarray(rng.standard_normal(jax.eval_shape(f, *args).shape), dtype)
+    y, grads = pulled(f, g, *args)
+    y64, grads64 = pulled(f, g.astype(jnp.float64), *wide)
     assert y.dtype == dtype
     np.testing.assert_allclose(np.asarray(y, np.float64), y64,
                                atol=tol(dtype) * float(jnp.abs(y64).max()))
-    for i, got, want in zip(argnums, pull(g), pull64(g.astype(jnp.float64))):
+    for i, got, want in zip(argnums, grads, grads64):
         assert got.dtype == dtype, f"cotangent {i} is {got.dtype}"
         np.testing.assert_allclose(np.asarray(got, np.float64), want,
                                    atol=tol(dtype) * float(jnp.abs(want).max()), err_msg=str(i))
