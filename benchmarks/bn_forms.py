@@ -8,7 +8,6 @@ memory. The forced forms are built by patching the module function before compil
 from __future__ import annotations
 
 import argparse
-import statistics
 from unittest import mock
 
 import jcnn
@@ -34,14 +33,8 @@ def main() -> None:
                 "jcnn": bench.jax_step_runner(spec, jcnn, images, labels, None),
                 "jcnn, one pass": forced_runner(spec, images, labels, True),
                 "jcnn, two sums": forced_runner(spec, images, labels, False)}
-        times = bench.interleaved({k: run for k, (run, _) in made.items()}, args.repeats,
-                                  rounds=10)
-        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-        for name, (_, memory) in made.items():
-            print(f"resnet8 B={batch:4d} {name:15s} {ms[name]:8.2f} ms  "
-                  f"x{ms[name] / ms['autodiff']:.2f} autodiff  "
-                  f"x{ms[name] / ms['jcnn, two sums']:.2f} two sums  "
-                  f"temp {memory['temp_bytes'] / 1e6:6.1f} MB", flush=True)
+        bench.print_step_forms(f"resnet8 B={batch:4d}", made, args.repeats, rounds=10,
+                               against=("autodiff", "jcnn, two sums"))
 
 
 if __name__ == "__main__":

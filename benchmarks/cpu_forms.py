@@ -12,7 +12,6 @@ on one host; run this on a new one (benchmarks/RESULTS.md, seventh session, has 
 from __future__ import annotations
 
 import argparse
-import statistics
 from unittest import mock
 
 import jcnn
@@ -47,13 +46,8 @@ def main() -> None:
                                               bench.DTYPES[args.dtype])}
         for form, predicates in FORMS.items():
             made[f"jcnn without {form}"] = without(spec, images, labels, args.dtype, predicates)
-        times = bench.interleaved({k: run for k, (run, _) in made.items()}, args.repeats,
-                                  args.rounds)
-        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-        for name, (_, memory) in made.items():
-            print(f"{args.model} B={batch:5d} {args.dtype:8s} {name:22s} {ms[name]:8.2f} ms  "
-                  f"x{ms[name] / ms['autodiff']:.3f} autodiff  "
-                  f"temp {memory['temp_bytes'] / 1e6:6.1f} MB", flush=True)
+        bench.print_step_forms(f"{args.model} B={batch:5d} {args.dtype:8s}", made, args.repeats,
+                               args.rounds)
 
 
 if __name__ == "__main__":

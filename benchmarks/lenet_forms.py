@@ -17,7 +17,6 @@ Both give the shipped step's gradients (checked below before timing).
 from __future__ import annotations
 
 import argparse
-import statistics
 from functools import partial
 from unittest import mock
 
@@ -111,14 +110,8 @@ def main() -> None:
                 "jcnn": bench.jax_step_runner(spec, jcnn, images, labels, None),
                 "fused relu+pool": bench.jax_step_runner(fused, jcnn, images, labels, None),
                 "rows dw": rows_dw_runner(spec, images, labels)}
-        times = bench.interleaved({k: run for k, (run, _) in made.items()}, args.repeats,
-                                  rounds=8)
-        ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-        for name, (_, memory) in made.items():
-            print(f"lenet B={batch:4d} {name:16s} {ms[name]:8.2f} ms (min "
-                  f"{1e3 * min(times[name]):6.2f})  x{ms[name] / ms['autodiff']:.3f} autodiff  "
-                  f"x{ms[name] / ms['jcnn']:.3f} jcnn  temp {memory['temp_bytes'] / 1e6:6.1f} MB",
-                  flush=True)
+        bench.print_step_forms(f"lenet B={batch:4d}", made, args.repeats, rounds=8,
+                               against=("autodiff", "jcnn"))
 
 
 if __name__ == "__main__":

@@ -211,6 +211,20 @@ def bench_step(name: str, batch: int, dtype: str, *, repeats: int, rounds: int,
     return _rows(case, _time(runners, memory, repeats, rounds), memory, notes, rounds=rounds)
 
 
+def print_step_forms(label: str, made: dict[str, tuple[Callable[[], object], dict]],
+                     repeats: int, rounds: int, against: Sequence[str] = ("autodiff",)) -> None:
+    """For the form benchmarks (benchmarks/*_forms.py): time the steps `made` (name -> runner
+    and memory, as `jax_step_runner` returns them) interleaved, and print a line per form:
+    median and minimum ms, the ratio to each form named in `against`, XLA's temp MB."""
+    times = interleaved({k: run for k, (run, _) in made.items()}, repeats, rounds)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    width = max(map(len, made))
+    for name, (_, memory) in made.items():
+        ratios = "  ".join(f"x{ms[name] / ms[base]:.3f} {base}" for base in against)
+        print(f"{label} {name:{width}s} {ms[name]:8.2f} ms (min {1e3 * min(times[name]):7.2f})  "
+              f"{ratios}  temp {memory['temp_bytes'] / 1e6:6.1f} MB", flush=True)
+
+
 # ---- single ops -----------------------------------------------------------------------------
 
 class OpCase(NamedTuple):
