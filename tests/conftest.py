@@ -1,11 +1,31 @@
 """Strict JAX for every test: float64 available (finite differences need it), implicit rank
-promotion is an error, and each test gets its own PRNG key."""
+promotion is an error, and each test gets its own PRNG key.
+
+The suite is compile-bound (on 2 cores most of its time is XLA compiling small programs), and
+many tests compile the same program: a layer under check_vjp and in a model, a training step
+in-process and again in a child process (the CLI, the examples). So one run shares one XLA
+compilation cache between its xdist workers and the child processes they start (they inherit
+the environment): a fresh directory per run, removed at its end. A hit is the same program:
+the key holds the HLO, the compile options and the jax/jaxlib versions. Set
+JAX_COMPILATION_CACHE_DIR yourself to keep a cache across runs."""
+import os
+import shutil
+import tempfile
 import zlib
 
-import jax
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, settings
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process of the run: make it
+    os.environ.update(JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(prefix="jcnn-xla-cache-"),
+                      JCNN_TEST_CACHE_OWNER=str(os.getpid()))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # cache every compile
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")  # of any size
+# No size bound: a bound makes every write list and stat the whole directory (quadratic: the
+# run was slower than without the cache). Unlocked, a read racing a write of the same entry can
+# see it half-written: jax then warns, and compiles as if it had missed.
+
+import jax  # noqa: E402  (after the cache settings: jax reads them at import)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -23,6 +43,11 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     settings.load_profile("slow" if config.getoption("--runslow") else "default")
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("JCNN_TEST_CACHE_OWNER") == str(os.getpid()):
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
