@@ -89,18 +89,11 @@ def ops(batch: int, chunks: list[int], repeats: int) -> None:
 def step(model: str, batch: int, repeats: int) -> None:
     spec = bench.MODELS[model]
     images, labels = bench._batch(spec, batch)
-    runners, memory = {}, {}
-    for name, hand in (("autodiff", reference), ("jcnn", jcnn)):
-        runners[name], memory[name] = bench.jax_step_runner(spec, hand, images, labels, None)
+    made = {name: bench.jax_step_runner(spec, hand, images, labels, None)
+            for name, hand in (("autodiff", reference), ("jcnn", jcnn))}
     with mock.patch.object(conv, "_dw_chunk", lambda n: n):
-        runners["jcnn, one conv"], memory["jcnn, one conv"] = bench.jax_step_runner(
-            spec, jcnn, images, labels, None)
-    times = bench.interleaved(runners, repeats, 6)
-    base = statistics.median(times["autodiff"])
-    for name, t in times.items():
-        print(f"{model} B={batch:4d} {name:15s} {statistics.median(t) * 1e3:8.2f} ms  "
-              f"x{statistics.median(t) / base:.2f} autodiff  temp "
-              f"{memory[name]['temp_bytes'] / 2 ** 20:6.1f} MB", flush=True)
+        made["jcnn, one conv"] = bench.jax_step_runner(spec, jcnn, images, labels, None)
+    bench.print_step_forms(f"{model} B={batch:4d}", made, repeats, 6)
 
 
 def main() -> None:
