@@ -27,20 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 tiny_lenet = functools.partial(models.lenet, channels=(4, 8), hidden=(16,))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """Each `jcnn train` run below jits fresh closures of the same computations; a persistent
-    compilation cache lets the later runs reuse the first one's executables."""
-    names = ["jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes"]
-    before = {n: getattr(jax.config, n) for n in names}
-    for name, value in zip(names, [str(tmp_path_factory.mktemp("xla-cache")), 0, 0]):
-        jax.config.update(name, value)
-    yield
-    for name, value in before.items():
-        jax.config.update(name, value)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
