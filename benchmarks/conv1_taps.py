@@ -15,7 +15,6 @@ single saving on CPU. Times fwd + dW (+ db) as the model's first layer needs the
 from __future__ import annotations
 
 import argparse
-import statistics
 from functools import partial
 
 import jax
@@ -83,10 +82,8 @@ def main() -> None:
             for name, got in outs.items():
                 for a, b in zip(got, outs["autodiff"]):
                     np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * np.abs(b).max())
-            ms = {k: 1e3 * statistics.median(v)
-                  for k, v in bench.interleaved(runners, args.repeats, rounds=5).items()}
-            print(f"{dtype_name} B={batch:4d} fwd+dW  " + "  ".join(
-                f"{k} {v:6.2f} ms ({v / ms['autodiff']:.2f})" for k, v in ms.items()), flush=True)
+            bench.print_op_forms(f"{dtype_name} B={batch:4d} fwd+dW ", runners, args.repeats,
+                                 "autodiff")
 
 
 if __name__ == "__main__":

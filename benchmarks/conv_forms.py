@@ -10,7 +10,6 @@ the cotangent with the flipped kernel) and the ResNet-8 3x3 convs.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import jax
 import jax.numpy as jnp
@@ -101,10 +100,7 @@ def main() -> None:
                 err = np.max(np.abs(np.asarray(fn(x, w), np.float32) - want)) / np.max(np.abs(want))
                 assert err < 3e-2, (name, form, err)
                 runners[form] = lambda fn=fn: jax.block_until_ready(fn(x, w))
-            ms = {k: 1e3 * statistics.median(v)
-                  for k, v in bench.interleaved(runners, args.repeats, rounds=5).items()}
-            print(f"B={batch:4d} {name:20s} " + "  ".join(
-                f"{k} {v:7.2f} ms ({v / ms['xla']:.2f})" for k, v in ms.items()), flush=True)
+            bench.print_op_forms(f"B={batch:4d} {name:20s}", runners, args.repeats, "xla")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ one convolution per filter gradient, beside autodiff, timed interleaved.
 from __future__ import annotations
 
 import argparse
-import statistics
 from functools import partial
 from unittest import mock
 
@@ -78,12 +77,9 @@ def ops(batch: int, chunks: list[int], repeats: int) -> None:
         want = np.asarray(fns["one conv"](x, g))
         for f in fns.values():
             np.testing.assert_allclose(f(x, g), want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
-        times = bench.interleaved({n: partial(lambda f: f(x, g).block_until_ready(), f)
-                                   for n, f in fns.items()}, repeats, 4)
-        base = statistics.median(times["one conv"])
-        print(f"{side}x{side} {c}->{o} k{k} s{s} B={batch}: " + "  ".join(
-            f"{n} {statistics.median(t) * 1e3:.2f} ms (x{statistics.median(t) / base:.2f})"
-            for n, t in times.items()), flush=True)
+        bench.print_op_forms(f"{side}x{side} {c}->{o} k{k} s{s} B={batch}:",
+                             {n: partial(lambda f: f(x, g).block_until_ready(), f)
+                              for n, f in fns.items()}, repeats, "one conv", rounds=4)
 
 
 def step(model: str, batch: int, repeats: int) -> None:

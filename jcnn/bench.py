@@ -225,6 +225,15 @@ def print_step_forms(label: str, made: dict[str, tuple[Callable[[], object], dic
               f"{ratios}  temp {memory['temp_bytes'] / 1e6:6.1f} MB", flush=True)
 
 
+def print_op_forms(label: str, runners: dict[str, Callable[[], object]], repeats: int,
+                   base: str, rounds: int = 5) -> None:
+    """For the form benchmarks: time `runners` interleaved and print one line, each form's
+    median ms and its ratio to the form named `base`."""
+    ms = {k: 1e3 * statistics.median(v) for k, v in interleaved(runners, repeats, rounds).items()}
+    print(f"{label} " + "  ".join(f"{k} {v:7.2f} ms (x{v / ms[base]:.2f})" for k, v in ms.items()),
+          flush=True)
+
+
 # ---- single ops -----------------------------------------------------------------------------
 
 class OpCase(NamedTuple):
