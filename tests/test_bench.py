@@ -99,3 +99,21 @@ def test_the_cpu_is_named_with_its_family_model_and_vector_extensions():
     assert bench.describe_cpu(intel) == "Intel(R) Xeon(R) (family 6 model 143, AVX-512)"
     assert bench.describe_cpu("model name\t: Some CPU\n") == "Some CPU"
     assert bench.describe_cpu("Features\t: fp asimd\n") is None  # no model name: the caller falls back
+
+
+
+def test_the_form_tables_name_every_form_with_its_ratio_to_the_base(monkeypatch, capsys):
+    """benchmarks/*_forms.py print through these two: each form's median and its ratio to the
+    base, from `interleaved`'s times (fixed here: the format and arithmetic are under test)."""
+    runners = {"xla": lambda: None, "mine": lambda: None}
+    monkeypatch.setattr(bench, "interleaved", lambda got, repeats, rounds: (
+        {k: v for k, v in {"xla": [2e-3, 4e-3, 3e-3], "mine": [1e-3, 1.5e-3, 9e-3]}.items()
+         if k in got}))
+    bench.print_op_forms("B=8 conv", runners, repeats=3, base="xla")
+    assert capsys.readouterr().out == "B=8 conv xla    3.00 ms (x1.00)  mine    1.50 ms (x0.50)\n"
+    made = {"xla": (runners["xla"], {"temp_bytes": 2e6}),
+            "mine": (runners["mine"], {"temp_bytes": 12.5e6})}
+    bench.print_step_forms("lenet B=8", made, repeats=3, rounds=2, against=("xla",))
+    assert capsys.readouterr().out.splitlines() == [
+        "lenet B=8 xla      3.00 ms (min    2.00)  x1.000 xla  temp    2.0 MB",
+        "lenet B=8 mine     1.50 ms (min    1.00)  x0.500 xla  temp   12.5 MB"]
