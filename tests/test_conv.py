@@ -64,9 +64,11 @@ CONV2D = [
                                                         dilation=(2, 1), groups=2)),
     # on CPU: LeNet's conv2, its forward padded to 8 channels, its dx by kernel rows (16 -> 6)
     Case("lenet-conv2", (1, 14, 14, 6), (5, 5, 6, 16), dict(padding=2)),
-    Case("kernel-rows-forward", (1, 14, 15, 9), (3, 3, 9, 5), dict(padding=((2, 0), (1, 1)))),
+    # by kernel rows on CPU; kernels not square, so that kh and kw mixed up would show
+    Case("kernel-rows-forward", (1, 14, 15, 9), (5, 3, 9, 5), dict(padding=((2, 0), (1, 1)))),
     # its dx by kernel rows (9 -> 4) with padding past k - 1: the rows' pads are negative
-    Case("kernel-rows-cropped-dx", (1, 14, 15, 4), (3, 3, 4, 9), dict(padding=((4, 0), (0, 3)))),
+    # (cropped at both ends)
+    Case("kernel-rows-cropped-dx", (1, 14, 15, 4), (3, 5, 4, 9), dict(padding=((4, 3), (0, 3)))),
 ]
 
 CONV_TRANSPOSE2D = [
@@ -90,7 +92,7 @@ CONV_TRANSPOSE2D = [
     Case("everything", (2, 4, 3, 4), (3, 2, 3, 4), dict(stride=(2, 3), padding=((1, 0), (0, 1)),
                                                         output_padding=(1, 2), dilation=(1, 2),
                                                         groups=2)),
-    Case("kernel-rows", (1, 14, 14, 8), (3, 3, 4, 8), dict(padding=1)),  # CPU: 8 -> 4 by rows
+    Case("kernel-rows", (1, 14, 14, 8), (4, 2, 4, 8), dict(padding=1)),  # CPU: 8 -> 4 by rows
 ]
 
 
@@ -320,6 +322,19 @@ def test_forward_and_backward_compile_to_three_convolutions_and_no_scatter(op, c
         assert word not in text
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the kernel-rows form is CPU's")
+@pytest.mark.parametrize("x_shape, w_shape, pads", [
+    ((130, 14, 15, 9), (5, 3, 9, 5), ((2, 0), (1, 1))),  # the forward by rows
+    ((130, 14, 15, 4), (3, 5, 4, 9), ((4, 3), (0, 3))),  # dx by rows, cropped at both ends
+], ids=["forward", "cropped-dx"])
+def test_kernel_rows_gradients_through_the_batch_loop(x_shape, w_shape, pads, rng):
+    """130 images go by rows 32 at a time, the last slice two images and zeros: the output and
+    both cotangents, through the loop, are autodiff's of the reference."""
+    x, w = (jnp.asarray(rng.standard_normal(s)) for s in (x_shape, w_shape))
+    assert_matches_reference(lambda x, w: jcnn.conv2d(x, w, padding=pads),
+                             lambda x, w: reference.conv2d(x, w, padding=pads), [x, w], (0, 1))
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the tap sum is the CPU form")
 @pytest.mark.parametrize("x_shape, w_shape, kw", [
     ((3, 12, 12, 1), (5, 5, 1, 6), dict(padding=2)),  # LeNet's first conv
@@ -380,18 +395,18 @@ def _convolutions(f, *args) -> list[str]:
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the kernel-rows form is CPU's")
 @pytest.mark.parametrize("n, loops", [(3, 0), (130, 1)])
 def test_few_output_channels_on_cpu_go_by_kernel_rows_with_the_same_values(n, loops, rng):
-    """9 -> 5 channels at 14x15, 3x3: one 1x3 convolution into 3*5 channels over the padded
+    """9 -> 5 channels at 14x15, 5x3: one 1x3 convolution into 5*5 channels over the padded
     rows, and its rows summed, in a loop of 32 images above 128 images; the values are XLA's
     convolution's. LeNet's conv2 input gradient (16 -> 6) goes the same way."""
     x = jnp.asarray(rng.standard_normal((n, 14, 15, 9)))
-    w = jnp.asarray(rng.standard_normal((3, 3, 9, 5)))
+    w = jnp.asarray(rng.standard_normal((5, 3, 9, 5)))
     pads = ((2, 0), (1, 1))
     want = jax.lax.conv_general_dilated(x, w, (1, 1), pads,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
     np.testing.assert_allclose(jcnn.conv2d(x, w, padding=pads), want, rtol=1e-12, atol=1e-12)
     size = n if n <= 128 else 32
     assert _convolutions(lambda x: jcnn.conv2d(x, w, padding=pads), x) == [
-        f"(tensor<{size}x14x15x9xf64>, tensor<1x3x9x15xf64>) -> tensor<{size}x16x15x15xf64>"]
+        f"(tensor<{size}x14x15x9xf64>, tensor<1x3x9x25xf64>) -> tensor<{size}x16x15x25xf64>"]
     text = jax.jit(lambda x: jcnn.conv2d(x, w, padding=pads)).lower(x).as_text()
     assert text.count("stablehlo.while") == loops
     g = jnp.asarray(rng.standard_normal((2, 14, 14, 16)))
