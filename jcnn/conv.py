@@ -9,8 +9,9 @@ public `conv_transpose2d`) and the filter gradient (`_conv2d_dw`: dw from x, g).
 differentiation: `jax.grad` of `jax.grad` runs through these rules too, never through JAX's
 autodiff of a convolution. On CPU the forward with one input channel is a sum over the kernel's
 taps instead of XLA's convolution (`_tap_sum`), one with 3 to 7 input channels is padded to 8
-(`_eight_channels_pay`), and the filter gradient is one convolution per chunk of 16 images (a
-matmul for 1x1 kernels): the same maps, computed faster.
+(`_eight_channels_pay`), a forward or input gradient into 3 to 7 channels goes by kernel rows
+(`_rows_pay`, `_by_kernel_rows`), and the filter gradient is one convolution per chunk of 16
+images (a matmul for 1x1 kernels): the same maps, computed faster.
 """
 from __future__ import annotations
 
@@ -181,8 +182,9 @@ def _taps_pay(x: Array, w: Array) -> bool:
 
 
 def _rows_pay(cfg: ConvConfig, x: Array, w: Array) -> bool:
-    """On CPU, a stride-1 undilated kh x kw convolution (kh > 1) from at least 8 channels into
-    3 to 7, on at least 14x14 pixels. XLA's (Eigen's) convolution extracts kh*kw*C values per
+    """On CPU, an ungrouped stride-1 undilated kh x kw convolution (kh > 1) from at least 8
+    channels into 3 to 7, over an input x of at least 196 pixels (14x14; for the input
+    gradient x is the output cotangent). XLA's (Eigen's) convolution extracts kh*kw*C values per
     output pixel whatever O is; `_by_kernel_rows` extracts kw*C. On 2 cores, B=128, every
     such shape measured 0.29-0.86x the convolution's time (3x3 and 5x5, 8 to 64 -> 3 and 6
     channels, 14x14 to 32x32; LeNet's conv2 input gradient, 16 -> 6 at 14x14: 0.51x, 0.45x
@@ -219,7 +221,8 @@ def _by_kernel_rows(x: Array, w: Array, pads) -> Array:
 
 def _batch_loop(f, x: Array, size: int) -> Array:
     """f of x computed `size` images at a time in a `fori_loop` (one slice's temporaries alive
-    at once), into one buffer."""
+    at once), into one buffer. The batch is padded with zero images to a multiple of `size`
+    (the last slice computes up to size - 1 images of zeros) and the result cut back to n."""
     n = x.shape[0]
     parts = -(-n // size)
     xs = jnp.pad(x, ((0, parts * size - n),) + ((0, 0),) * (x.ndim - 1))
