@@ -268,8 +268,9 @@ def _tap_sum(cfg: ConvConfig, x: Array, w: Array, parts: int = 4) -> Array:
         return jnp.sum(jnp.stack([v * t for v, t in zip(views, taps)]), axis=0)
 
     n = x.shape[0]
-    parts = min(parts, n)
-    size = -(-n // parts)
+    if n == 0:  # an empty batch: no slices to make
+        return tap_sum(x.astype(acc)).astype(x.dtype)
+    size = -(-n // min(parts, n))
     if x.dtype == acc:
         return jnp.concatenate([tap_sum(x[k:k + size]) for k in range(0, n, size)])
     return _batch_loop(tap_sum, x.astype(acc), size).astype(x.dtype)

@@ -6,6 +6,7 @@ dense: Y[..., o] = sum_i X[..., i] W[i, o] + b[o]. With the leading axes folded 
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import jax
@@ -64,4 +65,4 @@ def flatten(x: Array) -> Array:
     """(N, ...) -> (N, prod(...)). A reshape: it does no arithmetic, so autodiff's own
     transpose (the inverse reshape) is its rule."""
     flatten_check(x)
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails on an empty batch

@@ -5,6 +5,7 @@ Tests and benchmarks compare jcnn's hand-derived rules against these. Nothing he
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import jax
@@ -143,4 +144,4 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
 
 def flatten(x: Array) -> Array:
     v.flatten_check(x)
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # -1 fails on an empty batch

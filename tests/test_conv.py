@@ -322,6 +322,30 @@ def test_forward_and_backward_compile_to_three_convolutions_and_no_scatter(op, c
         assert word not in text
 
 
+@pytest.mark.parametrize("op, x_shape, w_shape, kw, dtype", [
+    ("conv2d", (0, 5, 6, 1), (3, 3, 1, 2), dict(padding=1), jnp.float64),  # CPU: the tap sum
+    ("conv2d", (0, 5, 6, 1), (3, 3, 1, 2), dict(padding=1), jnp.bfloat16),  # its float32 loop
+    ("conv2d", (0, 5, 6, 4), (3, 3, 4, 2), dict(stride=2), jnp.float64),  # CPU: padded to 8
+    ("conv2d", (0, 14, 14, 9), (3, 3, 9, 5), dict(padding=1), jnp.float64),  # CPU: kernel rows
+    ("conv2d", (0, 5, 6, 3), (1, 1, 3, 2), {}, jnp.float64),  # CPU: dW as a matmul
+    ("conv_transpose2d", (0, 4, 3, 3), (3, 3, 1, 3), dict(stride=2), jnp.float64),  # dx: taps
+], ids=["tap-sum", "tap-sum-bfloat16", "eight-channels", "kernel-rows", "1x1",
+        "transpose-one-channel"])
+def test_an_empty_batch_gives_an_empty_output_and_zero_gradients(op, x_shape, w_shape, kw,
+                                                                  dtype):
+    """N = 0, as XLA's convolution takes it: each form's slicing of the batch must cope."""
+    fn, ref, _, _ = OPS[op]
+    outs = w_shape[2] if op == "conv_transpose2d" else w_shape[3]
+    x, w, b = jnp.ones(x_shape, dtype), jnp.ones(w_shape, dtype), jnp.ones(outs, dtype)
+    want = ref(x, w, b, **kw).shape
+    y, (dx, dw, db) = pulled(lambda x, w, b: fn(x, w, b, **kw), jnp.ones(want, dtype), x, w, b)
+    assert y.shape == want and y.dtype == dtype
+    assert dx.shape == x.shape and dx.dtype == dtype
+    for grad, like in ((dw, w), (db, b)):
+        assert grad.dtype == dtype
+        np.testing.assert_array_equal(grad, jnp.zeros_like(like))
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the kernel-rows form is CPU's")
 @pytest.mark.parametrize("x_shape, w_shape, pads", [
     ((130, 14, 15, 9), (5, 3, 9, 5), ((2, 0), (1, 1))),  # the forward by rows

@@ -95,10 +95,12 @@ def test_dense_under_jit_vmap_and_vmap_of_grad():
     pytest.param((3,), (3, 1), id="N"),
     pytest.param((2, 5), (2, 5), id="NC"),
     pytest.param((2, 3, 4, 5), (2, 60), id="NHWC"),
+    pytest.param((0, 3, 4, 5), (0, 60), id="empty-batch"),  # reshape(0, -1) cannot infer 60
 ])
 def test_flatten_is_a_reshape_with_autodiffs_rule(shape, out):
     x = arr(*shape)
     np.testing.assert_array_equal(jcnn.flatten(x), np.reshape(x, out))
+    np.testing.assert_array_equal(reference.flatten(x), np.reshape(x, out))
     ops = [e.primitive.name for e in jax.make_jaxpr(jcnn.flatten)(x).jaxpr.eqns]
     assert set(ops) <= {"reshape"}, ops  # no arithmetic, so autodiff's transpose is exact
     g = arr(*out, seed=4)
