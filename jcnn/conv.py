@@ -7,11 +7,13 @@ The op is the trilinear form <conv2d(x, w), g>; its three bilinear maps are the 
 public `conv_transpose2d`) and the filter gradient (`_conv2d_dw`: dw from x, g). Each is a
 `custom_vjp` whose backward is written with the other two, so the family is closed under
 differentiation: `jax.grad` of `jax.grad` runs through these rules too, never through JAX's
-autodiff of a convolution. On CPU the forward with one input channel is a sum over the kernel's
-taps instead of XLA's convolution (`_tap_sum`), one with 3 to 7 input channels is padded to 8
+autodiff of a convolution. On CPU (each predicate says exactly where) the forward with one
+input channel is a sum over the kernel's taps instead of XLA's convolution (`_taps_pay`,
+`_tap_sum`), an ungrouped one from 3 to 7 input channels into at most 16 is padded to 8
 (`_eight_channels_pay`), a forward or input gradient into 3 to 7 channels goes by kernel rows
 (`_rows_pay`, `_by_kernel_rows`), and the filter gradient is one convolution per chunk of 16
-images (a matmul for 1x1 kernels): the same maps, computed faster.
+images or more (`_dw_chunk`; an ungrouped 1x1 kernel's is one matmul): the same maps,
+computed faster.
 """
 from __future__ import annotations
 
@@ -251,9 +253,10 @@ def _tap_sum(cfg: ConvConfig, x: Array, w: Array, parts: int = 4) -> Array:
     Y = sum_{i,j} Xp_ij * W[i,j,0,:] (Xp_ij: the (N, OH, OW, 1) view tap (i, j) reads), which
     XLA fuses into one loop. Accumulates in float32 at least, as the convolution does.
 
-    Y is computed over `parts` slices of the batch so that it is a stored buffer: as a plain
-    expression XLA:CPU fused it into each of its consumers (the relu, the pool's windows, the
-    backward's mask) and recomputed it there, three times over and slower than once (LeNet
+    Y is computed over slices of ceil(N / parts) images (at most `parts` of them; 3 for N = 5)
+    so that it is a stored buffer: as a plain expression XLA:CPU fused it into each of its
+    consumers (the relu, the pool's windows, the backward's mask) and recomputed it there,
+    three times over and slower than once (LeNet
     step at B=128 and 512: 0.83-0.85x autodiff's time). The slices' concatenation is one
     fusion that XLA splits across the cores (0.55x at B=128). A narrower x goes through a
     `fori_loop` over the slices instead (one thread per slice, 0.57x in float32), whose f32

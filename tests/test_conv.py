@@ -75,6 +75,9 @@ CONV_TRANSPOSE2D = [
     Case("3x3", (2, 3, 4, 3), (3, 3, 2, 3), {}),
     Case("stride2", (1, 3, 4, 2), (3, 3, 2, 2), dict(stride=2)),
     Case("stride2-output-padding", (2, 3, 3, 2), (3, 2, 3, 2), dict(stride=2, output_padding=1)),
+    # one output channel: its input gradient is conv2d's one-channel forward, the CPU tap sum
+    Case("one-channel-stride2-output-padding", (1, 3, 4, 2), (3, 3, 1, 2),
+         dict(stride=2, output_padding=1)),
     Case("stride3-output-padding-pair", (1, 2, 3, 2), (2, 3, 2, 2), dict(stride=3,
                                                                          output_padding=(2, 1))),
     Case("pad-asym", (1, 4, 3, 2), (3, 3, 2, 2), dict(padding=((1, 0), (0, 2)))),
@@ -362,7 +365,7 @@ def test_kernel_rows_gradients_through_the_batch_loop(x_shape, w_shape, pads, rn
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the tap sum is the CPU form")
 @pytest.mark.parametrize("x_shape, w_shape, kw", [
     ((3, 12, 12, 1), (5, 5, 1, 6), dict(padding=2)),  # LeNet's first conv
-    ((5, 7, 6, 1), (3, 3, 1, 2), dict(padding=1)),  # 5 images in 4 parts: 3 padding rows
+    ((5, 7, 6, 1), (3, 3, 1, 2), dict(padding=1)),  # 5 images: 3 slices of 2, 2 and 1
     ((2, 9, 8, 1), (3, 2, 1, 4), dict(stride=(2, 1), dilation=(1, 2), padding=((2, 0), (1, 3)))),
 ])
 def test_one_channel_forward_on_cpu_is_a_tap_sum_with_the_same_values(x_shape, w_shape, kw, rng):
@@ -466,16 +469,19 @@ def test_half_precision_tap_sum_loops_in_float32_and_rounds_once(dtype, rng):
      dict(stride=(2, 1), dilation=(1, 2), padding=((2, 0), (1, 3))), 3),
     ("conv2d", (35, 5, 5, 4), (3, 3, 2, 6), dict(groups=2), 3),
     ("conv2d", (20, 7, 7, 4), (1, 1, 4, 5), dict(stride=2), 0),  # a strided 1x1: one matmul
+    ("conv2d", (3, 7, 7, 4), (1, 1, 4, 5),  # the matmul's view of a padded, dilated input
+     dict(stride=(2, 3), padding=((1, 0), (2, 1)), dilation=3), 0),
+    ("conv2d", (513, 3, 3, 2), (2, 2, 2, 3), {}, 31),  # chunks of 17: 30 of them and 3 images
     ("conv2d", (16, 7, 7, 4), (1, 1, 2, 6), dict(groups=2), 1),  # grouped 1x1, one chunk
     ("conv_transpose2d", (33, 4, 3, 3), (3, 3, 2, 3), dict(stride=2, output_padding=1), 3),
     ("conv_transpose2d", (18, 3, 4, 3), (1, 1, 2, 3), dict(stride=2), 0),
-], ids=["3x3", "strided-dilated", "groups2", "1x1-stride2", "1x1-groups2", "transpose-3x3",
-        "transpose-1x1"])
+], ids=["3x3", "strided-dilated", "groups2", "1x1-stride2", "1x1-padded-dilated", "n513",
+        "1x1-groups2", "transpose-3x3", "transpose-1x1"])
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16])
 def test_cpu_filter_gradient_is_chunked_convolutions_or_a_matmul(op, x_shape, w_shape, kw, convs,
                                                                   dtype, rng):
-    """On CPU the filter gradient is one convolution per chunk of 16 images (summed in float32
-    at least), or for an ungrouped 1x1 kernel one matmul: the compiled gradient holds that
+    """On CPU the filter gradient is one convolution per chunk of 16 images, ceil(N / 32)
+    above 512 (summed in float32 at least), or for an ungrouped 1x1 kernel one matmul: the compiled gradient holds that
     many convolutions, and its values equal the NumPy loops' in float64 and, accumulated in
     float32, to bfloat16's rounding; its second order equals autodiff's. conv_transpose2d's
     filter gradient is the same map with its output cotangent as the images."""
