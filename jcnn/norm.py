@@ -56,10 +56,11 @@ def _batch_norm_bwd(eps, res, g):
     xhat, r, scale = res
     dbias, dscale = _channel_sums(jax.default_backend() == "cpu", g, xhat)
     m = g.size // g.shape[-1]
-    # mean(Gh) = scale * dbias / M and mean(Gh * xhat) = scale * dscale / M
-    dx = (r * _channel(scale, g.ndim)) * (g - _channel(dbias, g.ndim) / m
-                                          - xhat * (_channel(dscale, g.ndim) / m))
-    return dx, dscale, dbias
+    # mean(Gh) = scale * dbias / M and mean(Gh * xhat) = scale * dscale / M; the sums are
+    # float32 at least and divided there: a float16 sum of 40,000 G of 2 is inf, its mean is 2
+    mean_g, mean_gx = (_channel(s / m, g.ndim).astype(g.dtype) for s in (dbias, dscale))
+    dx = (r * _channel(scale, g.ndim)) * (g - mean_g - xhat * mean_gx)
+    return dx, dscale.astype(g.dtype), dbias.astype(g.dtype)
 
 
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
@@ -67,7 +68,7 @@ _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _channel_sums(one_pass: bool, g: Array, xhat: Array) -> tuple[Array, Array]:
-    """(sum G, sum G * xhat) per channel, accumulated in float32 at least.
+    """(sum G, sum G * xhat) per channel, accumulated and returned in float32 at least.
 
     `one_pass` (CPU) makes them one variadic reduction, which XLA:CPU emits as a single loop
     with xhat's recomputation from the forward's input fused in. As two sums, XLA:CPU hands
@@ -94,7 +95,7 @@ def _channel_sums(one_pass: bool, g: Array, xhat: Array) -> tuple[Array, Array]:
         sums = tuple(jnp.sum(b, axis=0) for b in blocks)
     else:
         sums = jnp.sum(g32, axis=axes), jnp.sum(g32 * x32, axis=axes)
-    return tuple(s.astype(g.dtype) for s in sums)
+    return sums
 
 
 def _channel_sums_fwd(one_pass, g, xhat):

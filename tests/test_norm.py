@@ -92,7 +92,7 @@ def test_forward_saves_xhat_r_and_scale_only(capsys):
                          ids=["blocks-of-4", "blocks-of-16", "odd-rows"])
 def test_channel_sums_both_forms(one_pass, dtype, shape):
     """The backward's per-channel (sum G, sum G xhat), in the form each backend gets: equal to
-    NumPy's float64 sums (bfloat16 inputs are accumulated in float32, then rounded once), and
+    NumPy's float64 sums (bfloat16 inputs are accumulated, and returned, in float32), and
     with first and second order equal to autodiff of the plain sums (its own rule keeps the
     variadic reduction off JAX's transpose). The one pass sums blocks of gcd(rows, 16) rows
     first: 60 rows make blocks of 4, 32 of 16, 27 of 1."""
@@ -101,7 +101,7 @@ def test_channel_sums_both_forms(one_pass, dtype, shape):
     got = _channel_sums(one_pass, g, xhat)
     g64, x64 = np.asarray(g, np.float64), np.asarray(xhat, np.float64)
     for got_s, want in zip(got, (g64.sum((0, 1, 2)), (g64 * x64).sum((0, 1, 2)))):
-        assert got_s.dtype == dtype
+        assert got_s.dtype == jnp.promote_types(dtype, jnp.float32)
         np.testing.assert_allclose(np.asarray(got_s, np.float64), want, rtol=tol(dtype))
     if dtype == jnp.float64:
         plain = lambda g, x: jnp.stack([jnp.sum(g, axis=(0, 1, 2)), jnp.sum(g * x, axis=(0, 1, 2))])
@@ -122,6 +122,24 @@ def test_cpu_backward_reduces_in_one_pass():
 
 def as_dtype(args, dtype):
     return tuple(a.astype(dtype) for a in args)
+
+
+def test_float16_sums_past_its_range_still_give_a_finite_input_gradient():
+    """40,000 rows of G = 2: sum G is 80,000, past float16's largest 65,504, but mean G is 2.
+    dx divides the sums by M before rounding to float16, so it stays finite and equals the
+    float64 rule's dx (~0 here: G is constant) to float16's rounding; dbias overflows, as it
+    must in float16."""
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((100, 20, 20, 1)) * 4)
+    scale, bias, g = jnp.ones(1), jnp.zeros(1), jnp.full(x.shape, 2.0)
+
+    def grads(dtype):
+        pull = jax.vjp(lambda *a: jcnn.batch_norm(*a), *as_dtype((x, scale, bias), dtype))[1]
+        return jax.jit(pull)(g.astype(dtype))
+    (dx, _, dbias), (dx64, _, _) = grads(jnp.float16), grads(jnp.float64)
+    assert dx.dtype == jnp.float16 and np.isfinite(np.asarray(dx)).all()
+    # |G| float16 epsilons: mean(G xhat)'s rounding, carried by xhat * r (about 1 here)
+    np.testing.assert_allclose(np.asarray(dx, np.float64), dx64, atol=2 * 2.0 ** -10)
+    assert np.isinf(np.asarray(dbias)).all()
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
