@@ -11,6 +11,10 @@ Input rows no window reaches receive zero.
 
 max:  Y = max_k Xp_k;  dX gets G at the FIRST k (row-major) with Xp_k == Y, as autodiff's
       select_and_scatter and PyTorch do; ties (e.g. zeros after ReLU) are never double counted.
+      A window holding a NaN has Y = NaN, and where its G goes is not defined: no Xp_k equals
+      NaN, so the index sends it to position 0, the bits and the mask nowhere (autodiff by its
+      scan order, PyTorch to the NaN). Testing for NaN in each compare cost 4-14% of LeNet's CPU
+      step (B=128 and 512); a NaN input has already made the loss NaN.
       When the windows tile the input (stride == window, the usual 2x2/2), each input element
       sits in one window, the views are a reshape (`_tiles`) and the backward is its inverse
       (`_untile`) instead of K pads.
@@ -43,9 +47,10 @@ def max_pool2d(x: Array, window, stride=None, padding=0) -> Array:
 
 def default_method() -> Method:
     """argmax on CPU (what the backward needs, stored small: a bitmask of each window's maxima
-    when the windows tile the input, else an int8 index; 0.53-0.68x autodiff's LeNet step and
-    0.25x its temp memory on 2 cores with the index alone); mask on GPU, where the index form
-    measured 1.4-2x slower than autodiff on an H100 and the mask form 0.60-0.66x."""
+    when the windows tile the input with at most 32 positions, else an int8 index, int16 past
+    127 positions; 0.53-0.68x autodiff's LeNet step and 0.25x its temp memory on 2 cores with
+    the index alone); mask on GPU, where the index form measured 1.4-2x slower than autodiff
+    on an H100 and the mask form 0.60-0.66x."""
     return "argmax" if jax.default_backend() == "cpu" else "mask"
 
 

@@ -105,6 +105,43 @@ def test_windows_reaching_into_minus_inf_padding():
                                  lambda x: reference.max_pool2d(x, 2, 1, 1), (x,), (0,))
 
 
+def _with_nans(shape):
+    """Distinct values with NaNs: two in the first window, one lone, one in the rows the 6x6
+    tiles reach."""
+    x = np.array(distinct(shape))
+    for p, q in ((0, 1), (1, 0), (4, 2), (7, 5)):
+        x[:, p, q, :] = np.nan
+    return jnp.asarray(x)
+
+
+@pytest.mark.parametrize("method", ["argmax", "mask"])
+@pytest.mark.parametrize("kwargs", [dict(window=3, stride=2, padding=1), dict(window=2),
+                                    dict(window=(2, 3), padding=((1, 0), (0, 2))),
+                                    dict(window=6, padding=(0, 2)), dict(window=2, stride=1)],
+                         ids=["overlapping", "tiles", "tiles-padded", "tiles-indexed", "stride1"])
+@pytest.mark.parametrize("make", [
+    _with_nans,
+    lambda shape: jnp.full(shape, -jnp.inf),  # padding first in a window: its G is dropped
+], ids=["nans", "all-minus-inf"])
+def test_nan_and_minus_inf_inputs_route_as_the_loops_in_every_form(method, kwargs, make):
+    """An all -inf window whose first position is padding sends G nowhere, in every form (the
+    index, the tiles' bits, the mask), as the loops and autodiff do. A window holding a NaN
+    pools to NaN; where its G goes is not defined (pool.py), so it is zero here, and the
+    other windows, NaNs beside them, route as the loops do."""
+    x = make((1, 8, 7, 2))
+    f = max_with(method, kwargs)
+    y_loops, _ = naive.max_pool2d_backward(np.asarray(x), np.zeros(f(x).shape), **kwargs)
+    g = np.where(np.isnan(y_loops), 0.0, np.random.default_rng(1).standard_normal(y_loops.shape))
+    _, dx_loops = naive.max_pool2d_backward(np.asarray(x), g, **kwargs)
+    y, (dx,) = pulled(f, jnp.asarray(g), x)
+    np.testing.assert_array_equal(y, y_loops)
+    assert np.isnan(y_loops).any() == np.isnan(np.asarray(x)).any()
+    np.testing.assert_allclose(dx, dx_loops, rtol=1e-12, atol=1e-12)  # overlaps: sum orders
+    if not np.isnan(np.asarray(x)).any():
+        np.testing.assert_allclose(dx, pulled(lambda x: reference.max_pool2d(x, **kwargs),
+                                              jnp.asarray(g), x)[1][0], rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("window, stride, padding, saved", [
     (3, 2, 1, jnp.int8),                    # overlapping windows: the first maximum's index
     (2, None, 0, jnp.uint8),                # tiles: a bitmask of the maxima, one byte for 4
@@ -118,6 +155,17 @@ def test_argmax_residual_is_small(window, stride, padding, saved):
     y, (res, shape) = pool._max_pool_fwd(cfg, "argmax", x)
     assert res.dtype == saved and res.shape == y.shape and shape == x.shape
     assert pool._index_dtype(128) == jnp.int16
+
+
+def test_an_index_past_127_positions_is_int16_and_routes_as_the_loops():
+    """12x12 windows, 144 positions, each window's maximum at its last (x grows along rows):
+    an int8 index would wrap at 143."""
+    x, kwargs = jnp.arange(169.0).reshape(1, 13, 13, 1), dict(window=12, stride=1)
+    cfg = pool_config(x, 12, 1, 0, "t")
+    assert pool._max_pool_fwd(cfg, "argmax", x)[1][0].dtype == jnp.int16
+    g = np.random.default_rng(1).standard_normal((1, 2, 2, 1))
+    _, (dx,) = pulled(max_with("argmax", kwargs), jnp.asarray(g), x)
+    np.testing.assert_array_equal(dx, naive.max_pool2d_backward(x, g, **kwargs)[1])
 
 
 def test_tiles_bitmask_holds_every_maximum():

@@ -21,8 +21,9 @@ def _window(cfg, y, xo):
 
 
 def max_pool2d_backward(x, g, window, stride=None, padding=0):
-    """(y, dx): y the max of each window (padding -inf); each window's gradient goes to the
-    first element, in row-major window order, that equals its max."""
+    """(y, dx): y the max of each window (padding -inf, NaN larger than any number); each
+    window's gradient goes to the first element, in row-major window order, that equals its
+    max (the first NaN), and nowhere when that first element is padding."""
     x, cfg, (oh, ow) = _setup(x, window, stride, padding, "max_pool2d")
     n, h, w, c = x.shape
     y, dx = np.full((n, oh, ow, c), -np.inf), np.zeros_like(x)
@@ -30,12 +31,14 @@ def max_pool2d_backward(x, g, window, stride=None, padding=0):
         for ch in range(c):
             for r in range(oh):
                 for col in range(ow):
-                    best = None
+                    best = top = None  # the first maximum so far: position (None: padding), value
                     for p, q in _window(cfg, r, col):
                         inside = 0 <= p < h and 0 <= q < w
                         value = x[b, p, q, ch] if inside else -np.inf
-                        if best is None or value > y[b, r, col, ch]:  # strictly greater: first wins
-                            y[b, r, col, ch], best = value, (p, q) if inside else None
+                        if (top is None or value > top  # strictly greater: the first one wins
+                                or (np.isnan(value) and not np.isnan(top))):
+                            top, best = value, (p, q) if inside else None
+                    y[b, r, col, ch] = top
                     if best is not None:
                         dx[b, best[0], best[1], ch] += g[b, r, col, ch]
     return y, dx
