@@ -255,14 +255,13 @@ def _tap_sum(cfg: ConvConfig, x: Array, w: Array, parts: int = 4) -> Array:
 
     Y is computed over slices of ceil(N / parts) images (at most `parts` of them; 3 for N = 5)
     so that it is a stored buffer: as a plain expression XLA:CPU fused it into each of its
-    consumers (the relu, the pool's windows, the backward's mask) and recomputed it there,
-    three times over and slower than once (LeNet
-    step at B=128 and 512: 0.83-0.85x autodiff's time). The slices' concatenation is one
-    fusion that XLA splits across the cores (0.55x at B=128). A narrower x goes through a
-    `fori_loop` over the slices instead (one thread per slice, 0.57x in float32), whose f32
-    buffer is narrowed after it: in the concatenation the narrowing fused into the tap sum
-    and slowed it down 4x (LeNet bf16 step 0.56x with it, 0.48x with the loop), as converting
-    per tap read did in the loop (benchmarks/RESULTS.md)."""
+    consumers (the relu, the pool's windows, the backward's mask) and recomputed it there, three
+    times over and slower than once (LeNet step at B=128 and 512: 0.83-0.85x autodiff's time).
+    The slices' concatenation is one fusion that XLA splits across the cores (0.55x at B=128). A
+    narrower x goes through a `fori_loop` over the slices instead (one thread per slice, 0.57x
+    in float32), whose f32 buffer is narrowed after it: in the concatenation the narrowing fused
+    into the tap sum and slowed it down 4x (LeNet bf16 step 0.56x with it, 0.48x with the loop),
+    as converting per tap read did in the loop (benchmarks/RESULTS.md)."""
     acc = jnp.promote_types(x.dtype, jnp.float32)
     taps = w.astype(acc).reshape(-1, 1, 1, 1, w.shape[3])  # (kh*kw, 1, 1, 1, O)
 

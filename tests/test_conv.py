@@ -481,10 +481,11 @@ def test_half_precision_tap_sum_loops_in_float32_and_rounds_once(dtype, rng):
 def test_cpu_filter_gradient_is_chunked_convolutions_or_a_matmul(op, x_shape, w_shape, kw, convs,
                                                                   dtype, rng):
     """On CPU the filter gradient is one convolution per chunk of 16 images, ceil(N / 32)
-    above 512 (summed in float32 at least), or for an ungrouped 1x1 kernel one matmul: the compiled gradient holds that
-    many convolutions, and its values equal the NumPy loops' in float64 and, accumulated in
-    float32, to bfloat16's rounding; its second order equals autodiff's. conv_transpose2d's
-    filter gradient is the same map with its output cotangent as the images."""
+    above 512 (summed in float32 at least), or for an ungrouped 1x1 kernel one matmul: the
+    compiled gradient holds that many convolutions, and its values equal the NumPy loops' in
+    float64 and, accumulated in float32, to bfloat16's rounding; its second order equals
+    autodiff's. conv_transpose2d's filter gradient is the same map with its output cotangent
+    as the images."""
     fn, ref, _, loops = OPS[op]
     x, w = (jnp.asarray(rng.standard_normal(s), dtype) for s in (x_shape, w_shape))
     g = jnp.asarray(rng.standard_normal(fn(x, w, **kw).shape), dtype)
