@@ -169,6 +169,9 @@ def batch_norm_check(x, scale, bias, eps, op: str = "batch_norm") -> float:
         raise TypeError(f"{op}: eps must be a Python float, got {eps!r}")
     if eps < 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+    if eps == 0 and np.size(x) == c:  # var = 0 for sure, so xhat = 0 / 0 everywhere
+        raise ValueError(f"{op}: eps = 0 needs more than one element per channel to divide by "
+                         f"a nonzero variance; x shape {np.shape(x)} has one")
     return float(eps)
 
 

@@ -501,3 +501,18 @@ def test_cpu_filter_gradient_is_chunked_convolutions_or_a_matmul(op, x_shape, w_
     if dtype == jnp.float64:  # reverse over reverse through the chunked rule, against autodiff
         assert_second_order_matches(lambda x, w: fn(x, w, **kw), lambda x, w: ref(x, w, **kw),
                                     [x, w], (0, 1))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the chunked filter gradient is CPU's")
+def test_float16_filter_gradient_chunks_past_its_range_still_sum_to_a_finite_result():
+    """Images 0-15 and 16-31 (one chunk each) give filter gradients of +-72,000, past float16's
+    65,504; the 5 images after them bring the sum back to 22,500 at the centre tap. The chunks
+    are summed in float32, so only the result is rounded to float16: no inf - inf."""
+    sign = np.repeat([1.0, -1.0, 1.0], [16, 16, 5])[:, None, None, None]
+    x = jnp.asarray(np.ones((37, 6, 5, 3)) * sign, jnp.float16)
+    g = jnp.full((37, 6, 5, 4), 150, jnp.float16)
+    w = jnp.zeros((3, 3, 3, 4), jnp.float16)
+    pull = jax.jit(lambda x: jax.vjp(lambda w: jcnn.conv2d(x, w, padding=1), w)[1](g)[0])
+    _, want, _ = naive.conv2d_backward(*(np.asarray(a, np.float64) for a in (x, w, g)), padding=1)
+    assert np.abs(want).max() == 22_500
+    np.testing.assert_allclose(np.asarray(pull(x), np.float64), want, rtol=tol(jnp.float16))

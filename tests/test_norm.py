@@ -62,6 +62,30 @@ def test_matches_the_loops(shape, eps):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11, err_msg=name)
 
 
+@pytest.mark.parametrize("shape, eps", [((1, 3), 1e-5), ((4, 2, 2, 3), 1e-3)],
+                         ids=["one-element-per-channel", "one-constant-channel"])
+def test_zero_variance_with_eps_matches_autodiff_and_the_loops(shape, eps):
+    """var = 0 (one element per channel, or a channel whose values are all equal): eps > 0
+    keeps r = eps^(-1/2) finite, xhat is 0 there and y the bias, and the path through var
+    drops out, leaving dx = r scale (G - mean G) (0 with one element) and dbias = sum G."""
+    x, scale, bias = bn_args(*shape)
+    x = x.at[..., 1].set(0.7)
+    g = jnp.asarray(np.random.default_rng(5).standard_normal(shape))
+    assert_matches_reference(bn(eps), bn_ref(eps), (x, scale, bias), (0, 1, 2))
+    assert_second_order_matches(bn(eps), bn_ref(eps), (x, scale, bias), (0, 1, 2))
+    assert_finite_differences(bn(eps), (x, scale, bias), (0, 1, 2), order=2)
+    y, pull = jax.vjp(bn(eps), x, scale, bias)
+    y_loops, *grads = naive.batch_norm_backward(x, scale, bias, g, eps=eps)
+    np.testing.assert_allclose(y, y_loops, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(y[..., 1], bias[1])
+    for got, want, name in zip(pull(g), grads, ("dx", "dscale", "dbias")):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11, err_msg=name)
+    g1, axes = g[..., 1], tuple(range(len(shape) - 1))
+    np.testing.assert_allclose(pull(g)[0][..., 1], scale[1] / np.sqrt(eps) * (g1 - np.mean(g1)),
+                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(pull(g)[2], np.sum(g, axis=axes), rtol=1e-12)
+
+
 @pytest.mark.parametrize("shape, eps", CASES)
 def test_output_is_normalised_and_dx_is_blind_to_shift_and_scale(shape, eps):
     """With scale 1, bias 0 each channel comes out with mean 0 and variance var / (var + eps).
@@ -175,6 +199,8 @@ BAD = [  # (id, args, kwargs, exception, words the message must contain); more i
     ("eps-negative", (X, ONE, ZERO), {"eps": -1.0}, ValueError, ["eps", ">= 0"]),
     ("eps-string", (X, ONE, ZERO), {"eps": "1e-5"}, TypeError, ["eps"]),
     ("eps-array", (X, ONE, ZERO), {"eps": jnp.ones(4)}, TypeError, ["eps"]),
+    ("eps0-one-element", (X[:1, :1, :1], ONE, ZERO), {"eps": 0.0}, ValueError,
+     ["eps = 0", "(1, 1, 1, 4)"]),
 ]
 
 
