@@ -25,7 +25,8 @@ Array = jax.Array
 
 def batch_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
     """x (N, ..., C), scale (C,), bias (C,) -> (N, ..., C), normalised with the batch mean and
-    biased variance of each channel."""
+    biased variance of each channel. eps = 0 with one element per channel (0 / 0) raises
+    ValueError; a channel whose values are all equal gives NaN with eps = 0, as in autodiff."""
     return _batch_norm(batch_norm_check(x, scale, bias, eps), x, scale, bias)
 
 
