@@ -68,9 +68,10 @@ def _xent_fwd(logits, labels):
 def _xent_bwd(res, g):
     y, labels = res
     onehot = labels[..., None] == lax.broadcasted_iota(labels.dtype, y.shape, y.ndim - 1)
-    # g * (1/N), not g / N: N itself overflows float16 from 65504 labels on. The labels are
-    # integers: None stands for their float0 cotangent, as custom_vjp allows.
-    return (jnp.exp(y) - onehot.astype(y.dtype)) * (g * (1 / labels.size)), None
+    # g * (1/N), not g / N: N itself overflows float16 from 65504 labels on (N = 0: dlogits is
+    # empty, any factor does). The labels are integers: None stands for their float0 cotangent,
+    # as custom_vjp allows.
+    return (jnp.exp(y) - onehot.astype(y.dtype)) * (g * (1 / max(labels.size, 1))), None
 
 
 _xent.defvjp(_xent_fwd, _xent_bwd)
