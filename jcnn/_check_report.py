@@ -61,11 +61,12 @@ class Report:
 
     def __str__(self) -> str:
         verdict = "ok" if self.ok else f"FAILED ({len(self.failures)} of {len(self.rows)} rows)"
+        width = max([9] + [len(r.check) + 1 for r in self.rows])  # "taylor2 (float64)" too
         lines = [f"check_vjp({self.f} vs {self.reference}, {self.dtype}, order {self.order}): "
                  f"{verdict}",
-                 f"{'check':<9}{'argument':<19}{'max abs':>9}{'max rel':>9}{'tolerance':>10}"
-                 f"  {'result':<7}note"]
-        lines += [_table_line(r) for r in self.rows]
+                 f"{'check':<{width}}{'argument':<19}{'max abs':>9}{'max rel':>9}"
+                 f"{'tolerance':>10}  {'result':<7}note"]
+        lines += [_table_line(r, width) for r in self.rows]
         lines += [textwrap.fill(n, WIDTH, subsequent_indent="  ") for n in self.notes]
         for r in self.failures:
             lines.append(textwrap.fill(f"{r.check} {r.argument}: {r.where or r.note}", WIDTH,
@@ -85,7 +86,7 @@ def _num(value: Optional[float], width: int) -> str:
     return f"{value:>{width}.2e}" if value is not None else " " * width
 
 
-def _table_line(r: Row) -> str:
-    line = (f"{r.check:<9}{r.argument[:18]:<19}{_num(r.max_abs, 9)}{_num(r.max_rel, 9)}"
+def _table_line(r: Row, width: int) -> str:
+    line = (f"{r.check:<{width}}{r.argument[:18]:<19}{_num(r.max_abs, 9)}{_num(r.max_rel, 9)}"
             f"{_num(r.tol, 10)}  {'ok' if r.ok else 'FAIL':<7}{r.note}")
     return line if len(line) <= WIDTH else line[:WIDTH - 3] + "..."

@@ -14,6 +14,8 @@ and, for small arrays, an ASCII map of the 2-D slice through the worst element.
 from __future__ import annotations
 
 import inspect
+import math
+from dataclasses import replace
 from functools import partial
 from typing import Any, Callable, Optional, Sequence
 
@@ -75,8 +77,9 @@ def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int
         Python scalars (static configuration, such as a dropout rate). Bind anything else
         (strings, None, tuples) with a lambda or `functools.partial`.
       order: 2 also checks the gradient of the gradient (reverse over reverse).
-      rtol, atol: tolerance of the reference comparisons (default: rtol from the table, atol 0).
-      argnums: the positions to differentiate (default: every floating argument).
+      rtol, atol: tolerance of the reference comparisons (default: rtol from the table, atol 0);
+        finite and >= 0.
+      argnums: the position or positions to differentiate (default: every floating argument).
       samples: how many random output cotangents to compare.
       jacobian: also compare the full Jacobian, one basis cotangent per output element; for
         small inputs (at most `MAX_JACOBIAN_ENTRIES` entries, else ValueError).
@@ -120,13 +123,15 @@ def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int
     ========  ======  ==========  ===========  ===========================  ==================
 
     float16/bfloat16: finite differences and remainders drown in round-off there, so f's
-    results are compared with the reference run in float64 on the arguments cast up (with f
-    itself in float64 when `reference` is None). Second-order comparisons allow 10 x rtol times
+    results are compared with the reference run in float64 on the arguments cast up. When
+    `reference` is None they are compared with f's own in float64, which checks precision only,
+    so f's rule is then also checked in float64 by finite differences and the Taylor test
+    (rows "fd (float64)", "taylor (float64)"). Second-order comparisons allow 10 x rtol times
     the largest second-order magnitude over all arguments (one argument's can be small by
     cancellation).
     """
-    _check_options(mode, order, samples)
-    call = _setup(f, reference, args, argnums)
+    _check_options(mode, order, samples, rtol, atol)
+    call = _setup(f, reference, args, _argnums(argnums))
     if jacobian:
         refuse_large_jacobian(call)
     rng = np.random.default_rng(seed)
@@ -151,6 +156,9 @@ def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int
             rows += second_order_rows(call, cts[0], tol, prec, rng, oracles, taylor_test, control)
     except Stop as stop:
         rows.append(stop.row)
+    if call.upcast and reference is None:
+        rows += _own_oracles_cast_up(f, call, order=order, samples=samples,
+                                     taylor_test=taylor_test, seed=seed)
     report = Report(_name(f), _name(reference), call.dtype, order, tuple(rows),
                     _notes(call, rows))
     if raise_on_failure and not report.ok:
@@ -158,15 +166,49 @@ def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int
     return report
 
 
-def _check_options(mode: str, order: int, samples: int) -> None:
+def _own_oracles_cast_up(f: Callable, call: Call, **options) -> list[Row]:
+    """Low precision and no reference: f's results were compared with f's own in float64,
+    which cannot catch a wrong rule; so its rule is also checked there by finite differences
+    and the Taylor test (the rows marked with that dtype)."""
+    high = check_vjp(f, None, *call.oracle_args, argnums=call.diff, raise_on_failure=False,
+                     **options)
+    return [replace(row, check=f"{row.check} ({high.dtype})") for row in high.rows
+            if row.check.startswith(("fd", "taylor"))]
+
+
+def _check_options(mode: str, order: int, samples: int, rtol, atol) -> None:
     if mode == "fwd":
         raise ValueError(FORWARD_MODE)
     if mode != "rev":
         raise ValueError(f"check_vjp: mode must be 'rev' ('fwd' is refused), got {mode!r}")
-    if order not in (1, 2):
+    if isinstance(order, bool) or order not in (1, 2):
         raise ValueError(f"check_vjp: order must be 1 or 2, got {order!r}")
-    if samples < 1:
-        raise ValueError(f"check_vjp: samples must be >= 1, got {samples!r}")
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"check_vjp: samples must be an int >= 1, got {samples!r}")
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+            raise TypeError(f"check_vjp: {name} must be a float or None, got {value!r}")
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"check_vjp: {name} must be finite and >= 0, got {value!r}")
+
+
+def _argnums(argnums) -> Optional[tuple[int, ...]]:
+    """None, an int or a sequence of distinct ints, as jax.grad takes them."""
+    if argnums is None:
+        return None
+    many = (argnums,) if isinstance(argnums, (int, np.integer)) else argnums
+    try:
+        many = tuple(many)
+    except TypeError:
+        raise TypeError(f"check_vjp: argnums must be an int or a sequence of ints, got "
+                        f"{argnums!r}") from None
+    if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in many):
+        raise TypeError(f"check_vjp: argnums must hold ints, got {argnums!r}")
+    if len(set(many)) != len(many):
+        raise ValueError(f"check_vjp: argnums names a position twice: {argnums!r}")
+    return tuple(int(i) for i in many)
 
 
 def _name(fn) -> str:
@@ -187,11 +229,12 @@ def _arg_names(f: Callable, n: int) -> tuple[str, ...]:
 
 
 def _as_array(value, label: str):
-    """Arrays (JAX, NumPy, NumPy scalars) as JAX arrays; Python scalars stay static."""
-    if isinstance(value, (bool, int, float)):
-        return value
+    """Arrays (JAX, NumPy, NumPy scalars) as JAX arrays; Python scalars stay static. NumPy
+    scalars first: np.float64 is a subclass of float."""
     if isinstance(value, (jax.Array, np.ndarray, np.generic)):
         return jnp.asarray(value)
+    if isinstance(value, (bool, int, float)):
+        return value
     raise TypeError(f"check_vjp: {label} is a {type(value).__name__}, not an array. Pass arrays "
                     f"only and bind the rest, e.g. check_vjp(lambda x, w: f(x, w, stride=2), "
                     f"lambda x, w: ref(x, w, stride=2), x, w)")
@@ -249,7 +292,9 @@ def _notes(call: Call, rows: list[Row]) -> tuple[str, ...]:
     if call.upcast:
         high = call.oracle_args[call.diff[0]].dtype
         notes.append(f"{call.dtype}: compared with the {high} computation (arguments cast up); "
-                     f"no finite differences or Taylor test in low precision")
+                     f"no finite differences or Taylor test in low precision"
+                     + ("" if call.oracle is not call.f else
+                        f", so with no reference they check f's rule in {high}"))
     return tuple(notes)
 
 

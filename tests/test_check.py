@@ -313,6 +313,56 @@ def test_low_precision_compared_with_float64(dtype, rng):
         "vjp", "x").where
 
 
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16], ids=lambda d: d.__name__)
+def test_low_precision_without_a_reference_checks_the_rule_in_float64(dtype, rng):
+    """With no reference, f's low-precision results can only be compared with f's own in
+    float64, which a wrong rule passes; its rule is checked there by FD and Taylor instead."""
+    args = conv_args(rng, dtype)
+    bad = lambda x, w: conv_same(x, w, "unflipped")  # noqa: E731
+    report = failed(lambda: check_vjp(bad, None, *args))
+    assert report.row("vjp", "x").ok  # the float64 run of the same wrong rule agrees with it
+    assert not report.row("fd (float64)", "x").ok and not report.row("taylor (float64)", "x").ok
+    assert report.row("fd (float64)", "w").ok and report.row("taylor (float64)", "w").ok
+    assert max(len(line) for line in str(report).splitlines()) <= 100
+    right = check_vjp(conv_same, None, *args, order=2)
+    assert {r.check for r in right.rows} >= {"fd (float64)", "taylor2 (float64)"}
+
+
+def test_numpy_float64_scalars_are_differentiated_like_other_numpy_scalars(rng):
+    """np.float64 is a subclass of Python's float: it is an array here all the same."""
+    @jax.custom_vjp
+    def scale(x, a):
+        return x * a
+    scale.defvjp(lambda x, a: (x * a, (x, a)), lambda r, g: (g * r[1], -jnp.sum(g * r[0])))
+    x = normal(rng, (3, 4))
+    for a in (np.float64(2.0), np.float32(2.0)):
+        report = failed(lambda: check_vjp(scale, lambda x, a: x * a, x.astype(a.dtype), a))
+        assert not report.row("vjp", "a").ok
+
+
+@pytest.mark.parametrize("kwargs, error, says", [
+    (dict(rtol=-1.0), ValueError, "rtol must be finite and >= 0"),
+    (dict(atol=float("nan")), ValueError, "atol must be finite and >= 0"),
+    (dict(rtol="1e-3"), TypeError, "rtol must be a float or None"),
+    (dict(argnums=(0, 0)), ValueError, "argnums names a position twice"),
+    (dict(argnums="x"), TypeError, "argnums must hold ints"),
+    (dict(argnums=1.0), TypeError, "argnums must be an int or a sequence of ints"),
+    (dict(order=True), ValueError, "order must be 1 or 2"),
+    (dict(samples=1.5), ValueError, "samples must be an int >= 1"),
+])
+def test_bad_options_are_refused_naming_them(kwargs, error, says, rng):
+    x = normal(rng, (3,))
+    with pytest.raises(error, match=f"^check_vjp: {says}"):
+        check_vjp(sigmoid, reference.sigmoid, x, **kwargs)
+
+
+def test_argnums_may_be_one_int_as_in_jax_grad(rng):
+    x, y = normal(rng, (3,)), normal(rng, (3,))
+    report = check_vjp(lambda x, y: sigmoid(x) * y, lambda x, y: reference.sigmoid(x) * y, x, y,
+                       argnums=1)
+    assert report.row("skip", "x").ok and report.row("vjp", "y").ok
+
+
 def test_jacobian_mode_catches_one_wrong_entry_random_cotangents_miss(rng):
     x = normal(rng, (1, 16), jnp.float32)
     bad = lambda x: linear(x, True)  # noqa: E731
