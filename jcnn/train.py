@@ -141,6 +141,21 @@ DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 CONFIG_KEYS = ("data", "model", "batch_size", "optimizer", "lr", "lr_decay", "seed", "dtype",
                "grad")
 CHECKPOINT, METRICS = "checkpoint.npz", "metrics.jsonl"
+PARTIAL = "interrupted_epoch"  # saved beside the config by a Ctrl-C
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    """An argparse type: a finite number > 0 of `kind`, else a usage error naming the value."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -148,14 +163,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         default="digits", help="dataset (default: the embedded 8x8 digits)")
     parser.add_argument("--data-dir", help="directory holding the dataset's files")
     parser.add_argument("--model", choices=sorted(MODELS), default="lenet")
-    parser.add_argument("--epochs", type=int, default=20,
+    parser.add_argument("--epochs", type=_positive(int), default=20,
                         help="train until this many epochs are done (with --resume: in all)")
-    parser.add_argument("--batch-size", type=int, default=32,
+    parser.add_argument("--batch-size", type=_positive(int), default=32,
                         help="global batch, split across every device (a multiple of their count)")
     parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adam")
-    parser.add_argument("--lr", type=float, help="learning rate (default: " + ", ".join(
+    parser.add_argument("--lr", type=_positive(float), help="learning rate (default: " + ", ".join(
         f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    parser.add_argument("--lr-decay", type=float, default=0.85,
+    parser.add_argument("--lr-decay", type=_positive(float), default=0.85,
                         help="multiply the learning rate by this after each epoch (1: constant); "
                              "the decay keeps Adam from spiking once the loss is near zero")
     parser.add_argument("--seed", type=int, default=0, help="seeds the init, shuffling, dropout")
@@ -182,14 +197,17 @@ class _Setup(NamedTuple):
     eval_step: Callable  # compiled eval step
 
 
-def _config(args) -> dict:
+def _config(args) -> tuple[dict, dict]:
+    """The run's config, and what a Ctrl-C'd epoch had done before it was saved (the losses
+    of its steps and its seconds), so that the resumed epoch's record covers all of it."""
     if not args.resume:
         config = {k: getattr(args, k) for k in CONFIG_KEYS}
         config["lr"] = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
-        return config
+        return config, {"losses": [], "seconds": 0.0}
     if args.out is None or not (args.out / CHECKPOINT).exists():
         raise SystemExit(f"jcnn train: --resume needs --out DIR holding {CHECKPOINT}")
-    return read_config(args.out / CHECKPOINT)
+    config = read_config(args.out / CHECKPOINT)
+    return config, config.pop(PARTIAL, {"losses": [], "seconds": 0.0})
 
 
 def _setup(config: dict, data_dir: Optional[str], resume_from: Optional[Path]
@@ -197,6 +215,9 @@ def _setup(config: dict, data_dir: Optional[str], resume_from: Optional[Path]
     """Data, mesh, model, compiled steps, the TrainState (fresh or resumed, on the mesh) and
     the initial first-layer kernel (for filters.png; the init is a function of the seed)."""
     data = load_dataset(config["data"], data_dir)
+    if config["batch_size"] > len(data.train_labels):
+        raise SystemExit(f"jcnn train: --batch-size {config['batch_size']} is more than the "
+                         f"{len(data.train_labels)} training images of {data.name}")
     mesh = data_mesh()
     try:
         check_batch_size(config["batch_size"], mesh)
@@ -295,13 +316,12 @@ def _write_outputs(out: Path, records: list[dict], before: np.ndarray,
 def run(args) -> int:
     if args.distributed:
         jax.distributed.initialize()  # before anything touches a device
-    config = _config(args)
+    config, partial = _config(args)
     resume_from = args.out / CHECKPOINT if args.resume else None
     out = args.out if jax.process_index() == 0 else None  # one process writes the files
-    if out is not None:
+    if out is not None:  # an earlier run's files there stay until this run replaces them
         out.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
-            (out / METRICS).unlink(missing_ok=True)
+    saved = args.resume  # whether out/checkpoint.npz is this run's (or the one it continues)
     start = time.perf_counter()
     setup, ts, before = _setup(config, args.data_dir, resume_from)
     data, bs = setup.data, config["batch_size"]
@@ -317,15 +337,18 @@ def run(args) -> int:
     with _ctrl_c_stops_between_steps() as interrupted:
         for epoch in range(int(ts.step) // (len(data.train_labels) // bs), args.epochs):
             ts, losses, seconds, stop = _train_epoch(setup, ts, epoch, args.epochs, interrupted)
+            losses, seconds = partial["losses"] + losses, partial["seconds"] + seconds
+            partial = {"losses": [], "seconds": 0.0}
             if stop == "nan":
-                last = out / CHECKPOINT if out and (out / CHECKPOINT).exists() else None
+                last = out / CHECKPOINT if out and saved else None
                 print(f"jcnn train: the loss is {losses[-1]} at step {int(ts.step)} (epoch "
                       f"{epoch + 1}); stopping. Last good checkpoint: "
                       f"{last or 'none (no epoch finished)'}. Try a lower --lr.", file=sys.stderr)
                 return 1
             if stop == "interrupted":
                 if out is not None:
-                    save_checkpoint(out / CHECKPOINT, ts, config)
+                    save_checkpoint(out / CHECKPOINT, ts,
+                                    {**config, PARTIAL: {"losses": losses, "seconds": seconds}})
                 print(f"\njcnn train: interrupted at step {int(ts.step)}" + (
                     f"; saved {out / CHECKPOINT}, continue with --resume" if out else ""),
                     file=sys.stderr)
@@ -346,6 +369,7 @@ def run(args) -> int:
                 with atomic_open(out / METRICS) as f:
                     f.writelines(json.dumps(r) + "\n" for r in records)
                 save_checkpoint(out / CHECKPOINT, ts, config)
+                saved = True
     if test is None:  # resumed a run that had already reached --epochs
         test = evaluate(setup.eval_step, ts.params, ts.state, data.test_images, data.test_labels,
                         bs, setup.mesh)

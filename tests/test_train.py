@@ -137,9 +137,13 @@ def test_resume_continues_exactly_after_an_epoch_or_a_ctrl_c(cli, tmp_path, monk
         assert got.keys() == expected.keys()
         for k in expected:
             np.testing.assert_array_equal(got[k], expected[k], err_msg=f"{run.name}: {k}")
+    records = {run: [json.loads(line) for line in (run / "metrics.jsonl").read_text()
+                     .splitlines()] for run in (straight, split, interrupted)}
     for run in (split, interrupted):
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert [r["epoch"] for r in records] == [1, 2], run.name
+        assert [r["epoch"] for r in records[run]] == [1, 2], run.name
+    # the Ctrl-C'd epoch's record covers its steps before the interrupt too (saved with it)
+    assert records[interrupted][0]["train_loss"] == records[straight][0]["train_loss"]
+    assert "interrupted_epoch" not in read_config(interrupted / T.CHECKPOINT)
 
 
 def test_a_run_that_died_before_its_checkpoint_reruns_the_epoch_once(cli, tmp_path):
@@ -160,16 +164,53 @@ def test_a_run_that_died_before_its_checkpoint_reruns_the_epoch_once(cli, tmp_pa
 
 def test_a_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(cli, tmp_path,
                                                                             monkeypatch):
-    def poisoned_adam(lr):  # its 51st update is NaN: the loss turns NaN in epoch 2 of 44 steps
-        nan_from_50 = optax.scale_by_schedule(lambda n: jnp.where(n < 50, 1.0, jnp.nan))
-        return optax.chain(optax.adam(lr), nan_from_50)
-    monkeypatch.setitem(T.OPTIMIZERS, "adam", poisoned_adam)
+    # its 51st update is NaN: the loss turns NaN in epoch 2 of 44 steps
+    monkeypatch.setitem(T.OPTIMIZERS, "adam", _poisoned_adam_from(50))
     code, out, err = cli("--epochs", 3, "--out", tmp_path)
     assert code == 1 and "epoch   1/3" in out
     assert "loss is nan at step 52 (epoch 2)" in err and str(tmp_path / T.CHECKPOINT) in err
     saved = _params(tmp_path)
     assert int(saved["step"]) == 44
     assert all(np.isfinite(v).all() for k, v in saved.items() if k.startswith("params/"))
+
+
+def _poisoned_adam_from(step):
+    """adam whose update turns NaN from `step` on."""
+    def make(lr):
+        return optax.chain(optax.adam(lr), optax.scale_by_schedule(
+            lambda n: jnp.where(n < step, 1.0, jnp.nan)))
+    return make
+
+
+def test_a_new_run_keeps_an_old_run_s_files_until_it_replaces_them(cli, tmp_path, monkeypatch):
+    """A new run (no --resume) into a directory holding another run's metrics and checkpoint:
+    if it fails before its first epoch is saved, the old pair is left whole, and its NaN
+    message does not call the old run's checkpoint its own."""
+    assert cli("--epochs", 1, "--out", tmp_path)[0] == 0
+    metrics, checkpoint = ((tmp_path / n).read_bytes() for n in ("metrics.jsonl", T.CHECKPOINT))
+    with pytest.raises(SystemExit, match="--batch-size 5000 is more than the 1437 training"):
+        cli("--epochs", 1, "--out", tmp_path, "--batch-size", 5000)
+    monkeypatch.setitem(T.OPTIMIZERS, "adam", _poisoned_adam_from(5))
+    code, _, err = cli("--epochs", 1, "--out", tmp_path)
+    assert code == 1 and "Last good checkpoint: none (no epoch finished)" in err
+    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics
+    assert (tmp_path / T.CHECKPOINT).read_bytes() == checkpoint
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--batch-size", "0", "must be > 0, got 0"),
+    ("--batch-size", "-4", "must be > 0, got -4"),
+    ("--epochs", "-1", "must be > 0, got -1"),
+    ("--lr", "-0.1", "must be > 0, got -0.1"),
+    ("--lr", "nan", "must be > 0, got nan"),
+    ("--lr-decay", "0", "must be > 0, got 0"),
+    ("--batch-size", "3.5", "not a number: '3.5'"),
+])
+def test_bad_numbers_are_usage_errors_naming_the_option(option, value, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", option, value])
+    assert exit_.value.code == 2
+    assert f"argument {option}: {says}" in capsys.readouterr().err
 
 
 def test_resume_without_a_checkpoint_says_what_is_missing(cli, tmp_path):
