@@ -2,7 +2,8 @@
 
 A pytree (params, model state, optax state, step, key, ...) is flattened by key path into named
 arrays — `params/0_conv2d/w`, `opt_state/0/mu/0_conv2d/w` — and written with `numpy.savez`; a
-JSON config rides along as one string array. Loading uses `allow_pickle=False` and a template
+JSON config rides along as one string array. bfloat16 (an ml_dtypes type) is stored as its raw
+bytes, with its dtype's name beside them, and comes back as bfloat16. Loading uses `allow_pickle=False` and a template
 tree of the same structure (e.g. a freshly initialised one), so nothing but arrays is ever read.
 Writes are atomic (`jcnn._atomic`): a crash mid-write leaves the previous checkpoint intact.
 """
@@ -17,7 +18,8 @@ import numpy as np
 
 from jcnn._atomic import atomic_open
 
-_CONFIG = "__config__"
+_CONFIG, _DTYPES = "__config__", "__dtypes__"
+_RESERVED = (_CONFIG, _DTYPES, "file", "allow_pickle")  # ours, and numpy.savez's keywords
 
 
 def _key_name(entry) -> str:
@@ -33,6 +35,10 @@ def _flatten(tree) -> tuple[dict[str, Any], Any]:
     named = {"/".join(_key_name(k) for k in path): leaf for path, leaf in paths}
     if len(named) != len(paths):
         raise ValueError("checkpoint: two leaves of the tree map to the same name")
+    clash = sorted(set(named) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"checkpoint: a top-level leaf may not be named {clash[0]!r} (reserved: "
+                         f"{', '.join(_RESERVED)}); nest it or rename it")
     return named, treedef
 
 
@@ -50,6 +56,9 @@ def save_checkpoint(path: str | os.PathLike, tree, config: Optional[dict] = None
     if any(a.dtype == object for a in arrays.values()):
         raise TypeError("checkpoint: leaves must be numeric arrays, not Python objects")
     arrays[_CONFIG] = np.asarray(json.dumps(config or {}))
+    # .npy knows bfloat16 and the other ml_dtypes only as raw bytes ("V2"): keep their names
+    arrays[_DTYPES] = np.asarray(json.dumps({n: a.dtype.name for n, a in arrays.items()
+                                             if a.dtype.kind == "V"}))
     with atomic_open(path, "wb") as f:
         np.savez(f, **arrays)
 
@@ -60,18 +69,21 @@ def load_checkpoint(path: str | os.PathLike, like):
     come back as NumPy arrays. Raises ValueError naming what differs."""
     named, treedef = _flatten(like)
     with np.load(path, allow_pickle=False) as data:
-        stored = set(data.files) - {_CONFIG}
+        stored = set(data.files) - {_CONFIG, _DTYPES}
+        raw = json.loads(str(data[_DTYPES])) if _DTYPES in data.files else {}
         missing, extra = sorted(set(named) - stored), sorted(stored - set(named))
         if missing or extra:
             raise ValueError(f"checkpoint {path}: does not match the expected structure; "
                              f"missing {missing[:5]}, unexpected {extra[:5]}")
         leaves = []
         for name, leaf in named.items():
-            a = data[name]
-            want = _spec(leaf)
+            a, want = data[name], _spec(leaf)
+            if name in raw and raw[name] == want[1].name:
+                a = a.view(want[1])
             if (a.shape, a.dtype) != want:
-                raise ValueError(f"checkpoint {path}: {name} has shape {a.shape} dtype {a.dtype}, "
-                                 f"expected shape {want[0]} dtype {want[1]}")
+                raise ValueError(f"checkpoint {path}: {name} has shape {a.shape} dtype "
+                                 f"{raw.get(name, a.dtype)}, expected shape {want[0]} dtype "
+                                 f"{want[1]}")
             leaves.append(a)
     return jax.tree_util.tree_unflatten(treedef, leaves)
 

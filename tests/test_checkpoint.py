@@ -64,6 +64,29 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tree, tmp_path, monkeypat
     assert checkpoint.read_config(path) == {"version": 1}
 
 
+def test_bfloat16_leaves_round_trip_and_are_not_mistaken_for_float16(tmp_path):
+    """.npy stores bfloat16 as raw bytes ("V2"); its name, saved beside them, brings it back,
+    and a float16 template of the same size is refused rather than fed those bytes."""
+    path = tmp_path / "c.npz"
+    tree = {"w": jnp.asarray([1.5, -2.25, 3e38], jnp.bfloat16), "n": jnp.ones(2, jnp.float32)}
+    checkpoint.save_checkpoint(path, tree)
+    _assert_same(checkpoint.load_checkpoint(path, like=tree), tree)
+    with pytest.raises(ValueError, match="w has shape \\(3,\\) dtype bfloat16, expected shape "
+                                         "\\(3,\\) dtype float16"):
+        checkpoint.load_checkpoint(path, like=dict(tree, w=tree["w"].astype(jnp.float16)))
+
+
+@pytest.mark.parametrize("name", ["file", "allow_pickle", "__config__", "__dtypes__"])
+def test_leaves_named_like_the_file_s_own_entries_are_refused(name, tmp_path):
+    """numpy.savez takes leaf names as keywords: `file` clashed, `allow_pickle` vanished."""
+    with pytest.raises(ValueError, match=f"may not be named '{name}'"):
+        checkpoint.save_checkpoint(tmp_path / "c.npz", {name: jnp.ones(2), "b": jnp.ones(1)})
+    assert not (tmp_path / "c.npz").exists()
+    tree = {"nested": {name: jnp.ones(2)}}  # only the top level clashes
+    checkpoint.save_checkpoint(tmp_path / "c.npz", tree)
+    _assert_same(checkpoint.load_checkpoint(tmp_path / "c.npz", like=tree), tree)
+
+
 def test_object_leaves_are_refused(tmp_path):
     with pytest.raises(TypeError, match="numeric"):
         checkpoint.save_checkpoint(tmp_path / "c.npz", {"a": np.array([{"x": 1}], dtype=object)})
