@@ -33,6 +33,7 @@ import optax
 import jcnn
 from jcnn import models, reference
 from jcnn._atomic import atomic_open
+from jcnn.cli import output_file
 from jcnn.layers import Layer
 from jcnn.train import init_train_state, make_train_step
 
@@ -389,7 +390,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "whose ratios show the harness's noise")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny: batch 8, float32, 3 runs, no torch (for the test suite)")
-    parser.add_argument("--json", type=Path, metavar="PATH",
+    parser.add_argument("--json", type=output_file, metavar="PATH",
                         help="also write {environment, rows} as JSON here")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 COMMANDS = {
@@ -13,6 +14,18 @@ COMMANDS = {
     "verify": ("jcnn.verify", "check every op's gradients against autodiff, finite differences and NumPy"),
     "bench": ("jcnn.bench", "time a training step: hand rules vs autodiff (vs PyTorch)"),
 }
+
+
+def output_file(text: str) -> Path:
+    """An argparse type for a file a command writes at its end: its directory must exist now,
+    so that a long run does not fail only when it comes to write."""
+    path = Path(text)
+    if not path.absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: directory {path.absolute().parent} does not "
+                                         f"exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

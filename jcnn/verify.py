@@ -19,6 +19,7 @@ import numpy as np
 import jcnn
 from jcnn import naive, reference
 from jcnn._atomic import atomic_open
+from jcnn.cli import output_file
 from jcnn.check import check_vjp
 
 NAIVE_RTOL = {"float64": 1e-9, "float32": 2e-4}
@@ -209,7 +210,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="add the Taylor-remainder test (order 2 = right, 1 = wrong)")
     parser.add_argument("--op", action="append", metavar="NAME",
                         help="only this op (repeatable), e.g. --op conv2d --op max_pool2d")
-    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument("--json", type=output_file, metavar="PATH",
+                        help="also write the rows as JSON")
 
 
 def run(args) -> int:

@@ -62,3 +62,16 @@ def test_cli_exit_code_and_second_order():
                            "--op", "tanh", "--order", "2"], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "order 2" in done.stdout
+
+
+@pytest.mark.parametrize("command", ["verify", "bench"])
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_run(command, tmp_path, capsys):
+    """The check is argparse's, at the start: a long run must not fail only when it writes."""
+    from jcnn.cli import main
+    for path, says in ((tmp_path / "missing" / "rows.json", "does not exist"),
+                       (tmp_path, "is a directory, not a file")):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--json", str(path)])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --json: {path}" in err and says in err
