@@ -9,6 +9,8 @@ layer at fault, e.g. `2_serial/0_residual/body/3_conv2d`.
 """
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -86,14 +88,30 @@ def _children(layer, ref, params, state, x, train, key, prefix, results, options
             x = ref_child.apply(params[name], state[name], x, train=train, key=k)[0]
 
 
+def _arg_names(paths: list[str]) -> list[str]:
+    """Identifiers for check_vjp's rows: each param leaf's own key ("w", "b": the name also
+    tells check_vjp a kernel's HWIO layout) where that is unique, else its whole path
+    ("body_0_conv2d_w"); then "x" for the input."""
+    last = [p.rsplit("/", 1)[-1] for p in paths]
+    names = [n if last.count(n) == 1 else p for n, p in zip(last, paths)] + ["x"]
+    names = [re.sub(r"\W", "_", n) for n in names]
+    names = [n if n.isidentifier() else "p" + n for n in names]  # "0_conv2d_w" -> "p0_conv2d_w"
+    return [n if names.count(n) == 1 else f"{n}_{i}" for i, n in enumerate(names)]
+
+
 def _check(layer, ref, params, state, x, train, key, path, results, options) -> None:
-    leaves, tree = jax.tree_util.tree_flatten(params)
+    with_paths, tree = jax.tree_util.tree_flatten_with_path(params)
+    leaves = [leaf for _, leaf in with_paths]
+    names = _arg_names([jax.tree_util.keystr(k, simple=True, separator="/")
+                        for k, _ in with_paths])
 
     def as_function(which: Layer):
         def f(*args):
             p = jax.tree_util.tree_unflatten(tree, args[:-1])
             return which.apply(p, state, args[-1], train=train, key=key)[0]
         f.__name__ = path
+        f.__signature__ = inspect.Signature(  # check_vjp names its rows from the signature
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_ONLY) for n in names])
         return f
 
     report = check_vjp(as_function(layer), as_function(ref), *leaves, x,

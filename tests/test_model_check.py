@@ -3,6 +3,7 @@ also when it sits inside a combinator."""
 import runpy
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import jax
@@ -67,4 +68,37 @@ def test_the_example_run_as_a_script_names_the_planted_bug():
                                               "3_flatten", "4_dense"], table
     assert [path for path, result in rows if result == "FAIL"] == ["1_hard_tanh"], table
     assert culprit.startswith("first wrong layer: 1_hard_tanh\ncheck_vjp(1_hard_tanh"), culprit
-    assert "vjp      arg0 (arg 0)" in culprit and "FAIL" in culprit, culprit
+    assert "vjp      x (arg 0)" in culprit and "FAIL" in culprit, culprit
+
+
+def test_rows_are_named_by_param_key_and_a_kernel_is_read_as_hwio():
+    """A conv whose filter gradient comes back flipped in space, inside `serial`: its report
+    names the rows b, w and x (not arg0, arg1, arg2) and maps the kernel over its (H, W) taps."""
+    @jax.custom_vjp
+    def flipped_dw(x, w, b):
+        return jcnn.reference.conv2d(x, w, b, padding=1)
+
+    def bwd(res, g):
+        dx, dw, db = jax.vjp(lambda *a: jcnn.reference.conv2d(*a, padding=1), *res)[1](g)
+        return dx, dw[::-1, ::-1], db
+    flipped_dw.defvjp(lambda *a: (flipped_dw(*a), a), bwd)
+    ops = types.SimpleNamespace(conv2d=lambda x, w, b=None, **kw: flipped_dw(x, w, b),
+                                relu=jcnn.relu, flatten=jcnn.flatten)
+
+    def net(ops):
+        return L.serial(L.conv2d(3, 3, padding=1, ops=ops), L.relu(ops=ops), L.flatten(ops=ops))
+    m, r = net(ops), net(jcnn.reference)
+    params, state = m.init(jax.random.key(0), (2, 5, 5, 2))
+    x = jax.random.normal(jax.random.key(1), (2, 5, 5, 2), jnp.float64)
+    report = check_model(m, r, f64(params), state, x, raise_on_failure=False,
+                         taylor_test=False).culprit.report
+    assert not report.row("vjp", "w").ok and report.row("vjp", "b").ok and report.row("vjp", "x").ok
+    assert "map of w[:, :, 0, 0]" in str(report)
+
+
+def test_param_names_are_identifiers_unique_in_the_layer():
+    from jcnn.model_check import _arg_names
+    assert _arg_names(["0_conv2d/b", "0_conv2d/w"]) == ["b", "w", "x"]
+    assert _arg_names(["body/0_conv2d/w", "body/1_conv2d/w", "x"]) == [
+        "body_0_conv2d_w", "body_1_conv2d_w", "x_2", "x_3"]
+    assert _arg_names(["0_dense/w", "1_dense/w"]) == ["p0_dense_w", "p1_dense_w", "x"]
