@@ -15,6 +15,10 @@ from jcnn._check_report import Row
 from jcnn._check_taylor import SMOOTH_ORDER, finite_difference, taylor
 
 MAX_JACOBIAN_ENTRIES = 1 << 20  # jacobian=True refuses a Jacobian with more entries
+INCONCLUSIVE = "inconclusive: round-off"  # an FD/Taylor row whose step drowns in round-off
+INCONCLUSIVE_NOTE = ("inconclusive: f's round-off is as large as the change the finite-difference "
+                     "or Taylor step makes (large outputs, small inputs), so that row checked "
+                     "nothing; a reference, or float64 (jax_enable_x64), decides")
 KINK = "kink"  # ends the note of an FD/Taylor row that the reference's gradient fails too
 KINK_NOTE = ("kink: the reference's own gradient fails that finite-difference or Taylor test "
              "too, so f is not differentiable there (a tie in a max, a ReLU at 0): no verdict, "
@@ -244,6 +248,8 @@ def _fd_row(check: str, label: str, results: list) -> Row:
     where = (f"along a random direction the central difference is {mine.difference:.6g} but "
              f"the rule gives <gradient, step> = {mine.linear:.6g}")
     note = f"reference fails too: {KINK}" if mine.error > mine.tol and kink else ""
+    if ok and not note and mine.floor >= scale:
+        note = INCONCLUSIVE
     return Row(check, label, ok, mine.error, mine.error / scale if scale else 0.0, mine.tol,
                note=note, where="" if ok else where)
 
@@ -252,7 +258,7 @@ def _taylor_row(check: str, label: str, result) -> Row:
     order, *ref = result.orders
     ref_order = ref[0] if ref else None
     if order is None:
-        return Row(check, label, True, note="remainder at round-off for every h")
+        return Row(check, label, True, note=INCONCLUSIVE)
     if np.isnan(order):
         return Row(check, label, False, order=order, note="NaN or inf in f or its gradient",
                    where="a Taylor remainder is NaN or inf: f or its gradient is not finite")

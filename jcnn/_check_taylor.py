@@ -76,6 +76,7 @@ class FDResult(NamedTuple):
     difference: float  # s(x + delta_+) - s(x + delta_-)
     linear: float  # <g, delta_+ - delta_->
     tol: float  # rtol * max(|difference|, |linear|) + the round-off floor
+    floor: float  # the round-off floor alone: at or above both terms, the test tells nothing
 
 
 def finite_difference(s: Scalar, x: np.ndarray, v: np.ndarray, h: float,
@@ -90,7 +91,7 @@ def finite_difference(s: Scalar, x: np.ndarray, v: np.ndarray, h: float,
         linear = float(terms.sum())
         floor = round_off(eps, mag_plus, mag_minus, float(np.abs(terms).sum()))
         out.append(FDResult(abs(difference - linear), difference, linear,
-                            rtol * max(abs(difference), abs(linear)) + floor))
+                            rtol * max(abs(difference), abs(linear)) + floor, floor))
     return out
 
 

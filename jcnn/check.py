@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcnn._check_report import Report, Row
-from jcnn._check_rows import (KINK, KINK_NOTE, MAX_JACOBIAN_ENTRIES, Call, Precision, Stop,
+from jcnn._check_rows import (INCONCLUSIVE, INCONCLUSIVE_NOTE, KINK, KINK_NOTE,
+                              MAX_JACOBIAN_ENTRIES, Call, Precision, Stop,
                               cotangent_rows, jacobian_rows, oracle_rows, output_rows,
                               output_scalar, random_like, refuse_large_jacobian,
                               second_order_rows, stacked_vjps)
@@ -106,8 +107,10 @@ def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int
     \\delta \\rangle` to fd_rtol, and the Taylor remainder :math:`|s(x_i + h v) - s(x_i) -
     h \\langle \\bar{x}_i, v \\rangle|` must shrink like :math:`h^2` (measured order >= 1.5).
     Where the reference's own gradient fails these two as well (a kink, a tie: f is not
-    differentiable there), the row passes with the note "kink". order=2 repeats all three for
-    the scalar
+    differentiable there), the row passes with the note "kink". Where f's round-off is as
+    large as the change the step makes (large outputs in float32), the row passes with the
+    note "inconclusive: round-off", and with no reference f's rule is then also checked in
+    float64 (x64 enabled). order=2 repeats all three for the scalar
     :math:`q(x) = \\sum_i \\langle \\mathrm{vjp}(f)(c)_i, u_i \\rangle` (u random), whose
     gradient runs reverse over reverse through the rule.
 
@@ -156,7 +159,9 @@ def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int
             rows += second_order_rows(call, cts[0], tol, prec, rng, oracles, taylor_test, control)
     except Stop as stop:
         rows.append(stop.row)
-    if call.upcast and reference is None:
+    drowned = call.dtype == "float32" and jax.config.jax_enable_x64 and any(
+        r.note == INCONCLUSIVE for r in rows)
+    if reference is None and (call.upcast or drowned):
         rows += _own_oracles_cast_up(f, call, order=order, samples=samples,
                                      taylor_test=taylor_test, seed=seed)
     report = Report(_name(f), _name(reference), call.dtype, order, tuple(rows),
@@ -167,11 +172,13 @@ def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int
 
 
 def _own_oracles_cast_up(f: Callable, call: Call, **options) -> list[Row]:
-    """Low precision and no reference: f's results were compared with f's own in float64,
-    which cannot catch a wrong rule; so its rule is also checked there by finite differences
-    and the Taylor test (the rows marked with that dtype)."""
-    high = check_vjp(f, None, *call.oracle_args, argnums=call.diff, raise_on_failure=False,
-                     **options)
+    """No reference, and in low precision (where f's results were compared with f's own in
+    float64, which cannot catch a wrong rule) or in float32 where round-off drowned a finite
+    difference or Taylor step: f's rule is also checked in float64 (float32 without x64) by
+    finite differences and the Taylor test, the rows marked with that dtype."""
+    high = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    args = [a.astype(high) if i in call.diff else a for i, a in enumerate(call.args)]
+    high = check_vjp(f, None, *args, argnums=call.diff, raise_on_failure=False, **options)
     return [replace(row, check=f"{row.check} ({high.dtype})") for row in high.rows
             if row.check.startswith(("fd", "taylor"))]
 
@@ -289,6 +296,8 @@ def _least_precise(dtypes) -> str:
 
 def _notes(call: Call, rows: list[Row]) -> tuple[str, ...]:
     notes = [KINK_NOTE] if any(r.note.endswith(KINK) for r in rows) else []
+    if any(r.note == INCONCLUSIVE for r in rows):
+        notes.append(INCONCLUSIVE_NOTE)
     if call.upcast:
         high = call.oracle_args[call.diff[0]].dtype
         notes.append(f"{call.dtype}: compared with the {high} computation (arguments cast up); "

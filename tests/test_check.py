@@ -328,6 +328,27 @@ def test_low_precision_without_a_reference_checks_the_rule_in_float64(dtype, rng
     assert {r.check for r in right.rows} >= {"fd (float64)", "taylor2 (float64)"}
 
 
+@pytest.mark.parametrize("factor", [1.0, -1.0, 0.0])
+def test_float32_round_off_that_drowns_the_step_is_inconclusive_and_float64_decides(factor, rng):
+    """f = x + 1e6 in float32: an output ulp (0.0625) swallows the finite-difference step, so
+    the FD row passes any rule (Taylor all but a sign flip); they say so, and with no
+    reference the rule is checked in float64, where only the right one (factor 1) passes."""
+    @jax.custom_vjp
+    def shift(x):
+        return x + 1e6
+    shift.defvjp(lambda x: (x + 1e6, None), lambda _, g: (factor * g,))
+    x = normal(rng, (3, 4), jnp.float32)
+    report = check_vjp(shift, None, x, raise_on_failure=False)
+    fd = report.row("fd", "x")
+    assert fd.ok and fd.note == "inconclusive: round-off"
+    if factor != -1.0:  # -g doubles the remainder, which the Taylor test sees in float32 too
+        assert report.row("taylor", "x").note == "inconclusive: round-off"
+    assert any(n.startswith("inconclusive: ") for n in report.notes)
+    assert report.ok == (factor == 1.0) == report.row("fd (float64)", "x").ok
+    with_ref = check_vjp(shift, lambda x: x + 1e6, x, raise_on_failure=False)
+    assert with_ref.ok == (factor == 1.0) and "fd (float64)" not in {r.check for r in with_ref.rows}
+
+
 def test_numpy_float64_scalars_are_differentiated_like_other_numpy_scalars(rng):
     """np.float64 is a subclass of Python's float: it is an array here all the same."""
     @jax.custom_vjp
