@@ -1,9 +1,10 @@
 """Atomic file writes, for every file jcnn writes (checkpoints, metrics, plots, JSON reports).
 
 The content goes to a new temporary file beside the target, is flushed and fsynced, and only
-then `os.replace`s the target: a reader, or a run that dies halfway (a crash, a full disk,
-Ctrl-C), sees the old file or the new one, never a torn one. The temporary file is created
-with mode 0o666 less the umask, as `open` would, so the result has the usual permissions.
+then `os.replace`s the target, and the directory is fsynced so that the rename itself is on
+disk: a reader, or a run that dies halfway (a crash, a full disk, Ctrl-C), sees the old file or
+the new one, never a torn one. The temporary file is created with mode 0o666 less the umask, as
+`open` would; a target that exists keeps its own mode (a private 0o600 file stays private).
 """
 from __future__ import annotations
 
@@ -27,8 +28,25 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
+            if os.path.exists(path):
+                os.chmod(tmp, os.stat(path).st_mode & 0o7777)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+    _fsync_directory(head)
+
+
+def _fsync_directory(path: str) -> None:
+    """Make a rename in `path` durable (POSIX); Windows cannot open a directory, and needs not."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)

@@ -24,6 +24,19 @@ def test_text_and_bytes_land_whole_with_open_s_permissions(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["plain", "report.json"]
 
 
+def test_a_file_that_exists_keeps_its_mode_and_the_directory_is_fsynced(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(b"old")
+    path.chmod(0o600)
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(
+        stat.S_ISDIR(os.fstat(fd).st_mode)) or real_fsync(fd))
+    with atomic_open(path, "wb") as f:
+        f.write(b"new")
+    assert path.read_bytes() == b"new" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert synced == [False, True]  # the file's bytes, then the directory's rename
+
+
 def test_a_failure_midway_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("old\n")
