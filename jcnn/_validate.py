@@ -175,22 +175,44 @@ def batch_norm_check(x, scale, bias, eps, op: str = "batch_norm") -> float:
     return float(eps)
 
 
-def dropout_check(x, rate, key, op: str = "dropout") -> float:
-    check_float(op, x=x)
+def rate_check(rate, op: str = "dropout") -> float:
     if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating, np.integer)):
         raise TypeError(f"{op}: rate must be a Python float in [0, 1), got {rate!r}")
     if not 0 <= rate < 1:
         raise ValueError(f"{op}: rate must be in [0, 1), got {rate}")
-    is_typed_key = jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key)
-    if not is_typed_key and (jnp.result_type(key) != jnp.uint32 or np.shape(key) != (2,)):
-        raise TypeError(f"{op}: key must be a PRNG key from jax.random.key or jax.random.PRNGKey, "
-                        f"got dtype {jnp.result_type(key)} shape {np.shape(key)}")
     return float(rate)
 
 
+def dropout_check(x, rate, key, op: str = "dropout") -> float:
+    check_float(op, x=x)
+    rate = rate_check(rate, op)
+    is_typed_key = jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key)
+    if is_typed_key and np.shape(key) != ():
+        raise TypeError(f"{op}: key must be one PRNG key, got a batch of shape {np.shape(key)}; "
+                        f"vmap over the keys instead")
+    if not is_typed_key and (jnp.result_type(key) != jnp.uint32 or np.shape(key) != (2,)):
+        raise TypeError(f"{op}: key must be a PRNG key from jax.random.key or jax.random.PRNGKey, "
+                        f"got dtype {jnp.result_type(key)} shape {np.shape(key)}")
+    return rate
+
+
+def flag_check(value, name: str, op: str) -> bool:
+    """A bool option: a string such as "False" would be truthy and silently mean True."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def classes_check(x, op: str, name: str = "x") -> None:
+    if np.ndim(x) < 1:
+        raise ValueError(f"{op}: {name} must have a class axis (..., classes), got a scalar")
+    if np.shape(x)[-1] == 0:
+        raise ValueError(f"{op}: {name} has no classes: its last axis is empty, shape "
+                         f"{np.shape(x)}")
+
+
 def labels_check(logits, labels, op: str = "softmax_cross_entropy") -> None:
-    if np.ndim(logits) < 1:
-        raise ValueError(f"{op}: logits must have a class axis (..., classes), got a scalar")
+    classes_check(logits, op, "logits")
     check_float(op, logits=logits)
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         raise TypeError(f"{op}: labels must be integer class ids, got dtype {jnp.result_type(labels)}")

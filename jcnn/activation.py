@@ -18,7 +18,8 @@ Array = jax.Array
 
 
 def relu(x: Array) -> Array:
-    """max(x, 0), any shape. dx = g where x > 0, else 0 (0 at x == 0, as jax.nn.relu)."""
+    """max(x, 0), any shape (NaN stays NaN, as in jax.nn.relu and PyTorch). dx = g where
+    x > 0, else 0 (0 at x == 0, as jax.nn.relu)."""
     float_check(x, "relu")
     return _leaky(0.0, x)
 
@@ -37,14 +38,19 @@ def _scale_negative(slope: float, positive: Array, v: Array) -> Array:
     return jnp.where(positive, v, slope * v if slope else jnp.zeros_like(v))
 
 
+def _leaky_forward(slope: float, x: Array) -> Array:
+    """relu as max(x, 0), which keeps a NaN (a select on x > 0 wrote 0 there, hiding a diverged
+    run from the loss) and sends -inf to 0; leaky_relu's slope * x keeps NaN by itself."""
+    return jnp.maximum(x, jnp.zeros_like(x)) if slope == 0 else _scale_negative(slope, x > 0, x)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _leaky(slope: float, x: Array) -> Array:
-    return _scale_negative(slope, x > 0, x)
+    return _leaky_forward(slope, x)
 
 
 def _leaky_fwd(slope, x):
-    positive = x > 0
-    return _scale_negative(slope, positive, x), positive  # a bool mask, not x: 1 byte an element
+    return _leaky_forward(slope, x), x > 0  # a bool mask, not x: 1 byte an element
 
 
 def _leaky_bwd(slope, positive, g):

@@ -37,7 +37,8 @@ def _matmul_fwd(x, w):
 def _matmul_bwd(res, g):
     x, w = res
     dx = _matmul(g, w.T)  # through the rule again, so second order stays hand-derived
-    dw = _matmul(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]))
+    rows = math.prod(x.shape[:-1])  # not -1: it cannot be resolved beside a 0-length axis
+    dw = _matmul(x.reshape(rows, x.shape[-1]).T, g.reshape(rows, g.shape[-1]))
     return dx, dw
 
 

@@ -22,6 +22,7 @@ changes how gradients are computed: `init` is the same, so the same key gives th
 """
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Callable, NamedTuple, Optional
 
@@ -31,6 +32,7 @@ from jax import lax
 
 import jcnn
 from jcnn._args import pair
+from jcnn._validate import rate_check
 
 Params = dict
 State = dict
@@ -171,9 +173,11 @@ def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5, ops: ModuleType = jc
             inv, shift = (v.astype(x.dtype).reshape(per_channel) for v in (inv, shift))
             return x * inv + shift, state
         y = ops.batch_norm(x, params["scale"], params["bias"], eps=eps)
+        n = math.prod(x.shape[:-1])
+        if n == 0:  # an empty batch has no statistics: the running ones stay (as in PyTorch)
+            return y, state
         axes = tuple(range(x.ndim - 1))
         stats = lax.stop_gradient(x).astype(state["mean"].dtype)
-        n = stats.size // stats.shape[-1]
         mean, var = jnp.mean(stats, axis=axes), jnp.var(stats, axis=axes) * (n / max(n - 1, 1))
         new_state = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
                      "var": momentum * state["var"] + (1 - momentum) * var}
@@ -183,6 +187,8 @@ def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5, ops: ModuleType = jc
 
 def dropout(rate: float, *, ops: ModuleType = jcnn) -> Layer:
     """Inverted dropout in training (`key` required), the identity in evaluation."""
+    rate = rate_check(rate, "dropout layer")  # now, not at the first training step
+
     def init(key, input_shape):
         return {}, {}
 
@@ -204,8 +210,8 @@ def split_key(key: Optional[jax.Array], n: int) -> list:
 
 def serial(*layers: Layer) -> Layer:
     """The layers one after another. params and state are dicts keyed `"{i}_{name}"`
-    (`"0_conv2d"`, `"1_relu"`, ...) holding each layer's own dicts; `layers` keeps them. With
-    ten layers or more the index is zero-padded (`"00_conv2d"`): `jax.tree_util` rebuilds dicts
+    (`"0_conv2d"`, `"1_relu"`, ...) holding each layer's own dicts; `layers` keeps them. From
+    eleven layers on (indices past 9) the index is zero-padded (`"00_conv2d"`): `jax.tree_util` rebuilds dicts
     with sorted keys, and this keeps that order the layers' order."""
     width = len(str(len(layers) - 1))
     names = [f"{i:0{width}d}_{layer.name}" for i, layer in enumerate(layers)]

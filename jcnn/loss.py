@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from jcnn._validate import float_check, labels_check
+from jcnn._validate import classes_check, float_check, labels_check
 
 Array = jax.Array
 
@@ -25,8 +24,7 @@ def _log_softmax(x: Array) -> Array:
 def log_softmax(x: Array) -> Array:
     """x (..., classes) -> log-probabilities of the same shape."""
     float_check(x, "log_softmax")
-    if np.ndim(x) < 1:
-        raise ValueError("log_softmax: x must have a class axis (..., classes), got a scalar")
+    classes_check(x, "log_softmax")
     return _log_softmax_op(x)
 
 
@@ -67,7 +65,9 @@ def _xent_fwd(logits, labels):
 
 def _xent_bwd(res, g):
     y, labels = res
-    onehot = labels[..., None] == lax.broadcasted_iota(labels.dtype, y.shape, y.ndim - 1)
+    # class ids in int32: an iota in uint8 labels' own dtype wraps at 256 (class 261 == 5)
+    onehot = labels[..., None].astype(jnp.int32) == lax.broadcasted_iota(jnp.int32, y.shape,
+                                                                        y.ndim - 1)
     # g * (1/N), not g / N: N itself overflows float16 from 65504 labels on (N = 0: dlogits is
     # empty, any factor does). The labels are integers: None stands for their float0 cotangent,
     # as custom_vjp allows.

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jcnn._validate import PoolConfig, avg_pool_counts, pool_config, pool_out_hw
+from jcnn._validate import PoolConfig, avg_pool_counts, flag_check, pool_config, pool_out_hw
 from jcnn._windows import window_views
 
 Array = jax.Array
@@ -223,22 +223,26 @@ def avg_pool2d(x: Array, window, stride=None, padding=0, count_include_pad: bool
     """x (N, H, W, C) -> (N, OH, OW, C), the mean of each window; stride=None means
     stride=window; padding counts as zeros in the divisor unless count_include_pad=False."""
     cfg = pool_config(x, window, stride, padding, "avg_pool2d")
-    if count_include_pad:
+    if flag_check(count_include_pad, "count_include_pad", "avg_pool2d"):
         divisor = float(cfg.window[0] * cfg.window[1])
     else:
         divisor = tuple(map(tuple, avg_pool_counts(x.shape, cfg).tolist()))  # hashable, static
     return _avg_pool(cfg, divisor, x)
 
 
-def _divide(v: Array, divisor) -> Array:
-    if isinstance(divisor, float):
-        return v / jnp.asarray(divisor, v.dtype)
-    return v / jnp.asarray(np.array(divisor), v.dtype)[None, :, :, None]
+def _divide(v: Array, divisor, dtype) -> Array:
+    """v / divisor in float32 at least, rounded to `dtype` (bfloat16 has 289 as 288)."""
+    acc = jnp.promote_types(v.dtype, jnp.float32)
+    d = divisor if isinstance(divisor, float) else np.array(divisor)[None, :, :, None]
+    return (v.astype(acc) / jnp.asarray(d, acc)).astype(dtype)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _avg_pool(cfg: PoolConfig, divisor, x: Array) -> Array:
-    return _divide(sum(_windows(x, cfg, 0)), divisor)
+    # summed in float32 at least: a bfloat16 sum of a 16x16 window of values near 1.5 was 11%
+    # off (its spacing at 256 is 2), and a 17x17 window of ones averaged to 0.89
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    return _divide(sum(v.astype(acc) for v in _windows(x, cfg, 0)), divisor, x.dtype)
 
 
 def _avg_pool_fwd(cfg, divisor, x):
@@ -246,7 +250,7 @@ def _avg_pool_fwd(cfg, divisor, x):
 
 
 def _avg_pool_bwd(cfg, divisor, x_shape, g):
-    share = _divide(g, divisor)
+    share = _divide(g, divisor, g.dtype)
     return (_place([share] * (cfg.window[0] * cfg.window[1]), cfg, x_shape),)
 
 
@@ -270,7 +274,8 @@ def _global_avg_fwd(x):
 
 def _global_avg_bwd(x_shape, g):
     n, h, w, c = x_shape
-    return (jnp.broadcast_to((g / jnp.asarray(h * w, g.dtype))[:, None, None, :], x_shape),)
+    # g * (1/HW), not g / HW: HW itself overflows float16 from 65,504 pixels on (g / inf = 0)
+    return (jnp.broadcast_to((g * (1 / (h * w)))[:, None, None, :], x_shape),)
 
 
 _global_avg.defvjp(_global_avg_fwd, _global_avg_bwd)

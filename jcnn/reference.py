@@ -61,7 +61,8 @@ def dense(x: Array, w: Array, b: Optional[Array] = None) -> Array:
 
 def relu(x: Array) -> Array:
     v.float_check(x, "relu")
-    return jnp.where(x > 0, x, jnp.zeros_like(x))  # gradient 0 at x == 0, as jax.nn.relu
+    # gradient 0 at x == 0, as jax.nn.relu; NaN stays NaN
+    return jnp.where((x > 0) | jnp.isnan(x), x, jnp.zeros_like(x))
 
 
 def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
@@ -101,6 +102,7 @@ def max_pool2d(x: Array, window, stride=None, padding: PaddingLike = 0) -> Array
 def avg_pool2d(x: Array, window, stride=None, padding: PaddingLike = 0,
                count_include_pad: bool = True) -> Array:
     cfg = v.pool_config(x, window, stride, padding, "avg_pool2d")
+    count_include_pad = v.flag_check(count_include_pad, "count_include_pad", "avg_pool2d")
     sums = lax.reduce_window(x, 0.0, lax.add, *_window_args(cfg))
     if count_include_pad:
         return sums / (cfg.window[0] * cfg.window[1])
@@ -132,6 +134,7 @@ def dropout(x: Array, rate: float, key: Array) -> Array:
 
 def log_softmax(x: Array) -> Array:
     v.float_check(x, "log_softmax")
+    v.classes_check(x, "log_softmax")
     shifted = x - lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
 

@@ -115,3 +115,16 @@ def test_bad_input_is_refused_naming_the_argument(op, args, kwargs, error, words
     with pytest.raises(error, match=f"^{op}: ") as raised:
         getattr(jcnn, op)(*args, **kwargs)
     assert all(word in str(raised.value) for word in words), str(raised.value)
+
+
+@pytest.mark.parametrize("name, minus_inf", [("relu", 0.0), ("leaky_relu", -np.inf)])
+def test_nan_stays_nan_and_minus_inf_as_the_formula(name, minus_inf):
+    """A select on x > 0 wrote 0 where x was NaN, hiding a diverged run from the loss; max(x, 0)
+    keeps it, as jax.nn.relu and PyTorch do. Elsewhere the gradients equal autodiff's."""
+    x = jnp.array([jnp.nan, -jnp.inf, -1.0, 0.0, 2.0])
+    for op in (getattr(jcnn, name), getattr(reference, name)):
+        y = np.asarray(op(x))
+        assert np.isnan(y[0]) and y[1] == minus_inf and y[2] <= 0 and y[3] == 0 and y[4] == 2
+    finite = lambda op: lambda x: jnp.sum(jnp.where(x == x, op(x), 0))  # noqa: E731
+    np.testing.assert_array_equal(jax.grad(finite(getattr(jcnn, name)))(x),
+                                  jax.grad(finite(getattr(reference, name)))(x))

@@ -122,3 +122,16 @@ def test_dense_refuses_bad_input_naming_the_argument(args, error, words):
     with pytest.raises(error, match="^dense: ") as raised:
         jcnn.dense(*args)
     assert all(word in str(raised.value) for word in words), str(raised.value)
+
+
+@pytest.mark.parametrize("x_shape, w_shape", [((3, 0), (0, 4)), ((3, 2), (2, 0)), ((2, 3, 0), (0, 4))],
+                         ids=["no-inputs", "no-outputs", "3d-no-inputs"])
+def test_zero_features_give_autodiff_s_gradients(x_shape, w_shape):
+    """An empty feature axis: the backward's reshape(-1, 0) could not be resolved."""
+    x, w = jnp.ones(x_shape), jnp.ones(w_shape)
+    loss = lambda dense: lambda x, w: jnp.sum(dense(x, w) ** 2)  # noqa: E731
+    got = jax.grad(loss(jcnn.dense), (0, 1))(x, w)
+    want = jax.grad(loss(reference.dense), (0, 1))(x, w)
+    for g, r, a in zip(got, want, (x, w)):
+        assert g.shape == a.shape
+        np.testing.assert_array_equal(g, r)

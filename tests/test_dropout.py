@@ -102,6 +102,7 @@ BAD = [  # (id, args, exception, words the message must contain)
     ("rate-bool", (X, True, KEY), TypeError, ["rate"]),
     ("rate-array", (X, jnp.float32(0.5), KEY), TypeError, ["rate"]),
     ("key-float", (X, 0.5, jnp.zeros(2)), TypeError, ["key"]),
+    ("key-batch", (X, 0.5, jax.random.split(KEY, 3)), TypeError, ["key", "one PRNG key", "(3,)"]),
     ("x-int", (X.astype(jnp.int32), 0.5, KEY), TypeError, ["x", "floating"]),
 ]
 

@@ -153,7 +153,22 @@ def test_output_shape_traces_without_running(key):
     (lambda: L.conv2d(4, 3, groups=2).init(jax.random.key(0), (1, 8, 8, 3)), "groups=2"),
     (lambda: L.conv2d(4, 0), "kernel_size"),
     (lambda: models.resnet(10, depth=10), "6n \\+ 2"),
-], ids=["conv-groups", "conv-kernel", "resnet-depth"])
+    (lambda: L.dropout(1.5), "dropout layer: rate must be in \\[0, 1\\)"),
+], ids=["conv-groups", "conv-kernel", "resnet-depth", "dropout-rate"])
 def test_bad_configurations_raise_with_a_fix(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_batch_norm_layer_on_an_empty_batch_keeps_its_running_statistics(key):
+    """The mean of no elements is NaN: it must not enter the running averages (PyTorch leaves
+    them too); and a layer of no channels runs."""
+    bn = L.batch_norm()
+    params, state = bn.init(key, (0, 4, 4, 3))
+    y, new = bn.apply(params, state, jnp.zeros((0, 4, 4, 3), jnp.float32), train=True)
+    assert y.shape == (0, 4, 4, 3)
+    for k in ("mean", "var"):
+        np.testing.assert_array_equal(new[k], state[k])
+    params, state = bn.init(key, (2, 4, 4, 0))
+    y, _ = bn.apply(params, state, jnp.zeros((2, 4, 4, 0), jnp.float32), train=True)
+    assert y.shape == (2, 4, 4, 0)

@@ -149,6 +149,9 @@ BAD = [  # (id, op, args, exception, words the message must contain); more in te
     ("logits-scalar", "softmax_cross_entropy", (jnp.float32(0), IDS), ValueError, ["logits"]),
     ("log_softmax-scalar", "log_softmax", (jnp.float32(0),), ValueError, ["x", "class axis"]),
     ("log_softmax-int", "log_softmax", (IDS,), TypeError, ["x", "floating"]),
+    ("log_softmax-no-classes", "log_softmax", (jnp.zeros((2, 0)),), ValueError, ["x", "no classes"]),
+    ("logits-no-classes", "softmax_cross_entropy", (jnp.zeros((2, 0)), IDS[:2]), ValueError,
+     ["logits", "no classes", "(2, 0)"]),
 ]
 
 
@@ -157,3 +160,18 @@ def test_bad_input_is_refused_naming_the_argument(op, args, error, words):
     with pytest.raises(error, match=f"^{op}: ") as raised:
         getattr(jcnn, op)(*args)
     assert all(word in str(raised.value) for word in words), str(raised.value)
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.int8, jnp.int16])
+def test_narrow_labels_with_more_classes_than_their_dtype_counts(dtype):
+    """300 classes and uint8/int8 labels (or 40,000 and int16): the one-hot of the backward
+    compares class ids in int32; in the labels' dtype they wrapped (class 261 matched label 5,
+    class 256 label 0) and the gradient was off by 1/N there."""
+    classes = 40_000 if dtype == jnp.int16 else 300
+    logits = jnp.asarray(np.random.default_rng(0).standard_normal((4, classes)), jnp.float32)
+    labels = jnp.asarray([5, 100, 0, 127], dtype)
+    got = jax.grad(jcnn.softmax_cross_entropy)(logits, labels)
+    want = jax.grad(reference.softmax_cross_entropy)(logits.astype(jnp.float64),
+                                                     labels.astype(jnp.int32))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(jnp.sum(got, axis=-1), 0, atol=1e-6)

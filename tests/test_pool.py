@@ -240,6 +240,38 @@ def test_global_avg_pool():
     assert_finite_differences(jcnn.global_avg_pool2d, (x,), (0,))
 
 
+def test_global_avg_pool_gradient_in_float16_past_65504_pixels():
+    """256 x 256 = 65,536 pixels: g / HW had HW overflow float16 to inf, so dx was 0."""
+    x = jnp.ones((1, 256, 256, 1), jnp.float16)
+    dx = jax.grad(lambda x: jcnn.global_avg_pool2d(x).sum())(x)
+    np.testing.assert_array_equal(dx, np.float16(1 / 65536))
+
+
+@pytest.mark.parametrize("window", [16, 17])
+def test_half_precision_average_pools_are_summed_in_float32(window, rng):
+    """A bfloat16 sum of a 16x16 window of values near 1.5 was 11% off, and a 17x17 window of
+    ones averaged to 0.89 (the sum saturates at 256, 289 rounds to 288): the window sum and
+    the division run in float32, rounded once, as global_avg_pool2d's mean already did."""
+    ones = jnp.ones((1, window, window, 1), jnp.bfloat16)
+    np.testing.assert_array_equal(jcnn.avg_pool2d(ones, window), 1)
+    x = jnp.asarray(np.abs(rng.standard_normal((4, window, window, 3))) + 1, jnp.bfloat16)
+    want = np.asarray(x, np.float64).mean(axis=(1, 2))
+    got = np.asarray(jcnn.avg_pool2d(x, window)[:, 0, 0], np.float64)
+    np.testing.assert_allclose(got, want, rtol=2 ** -8)
+    np.testing.assert_array_equal(jcnn.avg_pool2d(x, window)[:, 0, 0], jcnn.global_avg_pool2d(x))
+    g = jnp.full((4, 1, 1, 3), 1.0, jnp.bfloat16)
+    dx = jax.vjp(lambda x: jcnn.avg_pool2d(x, window), x)[1](g)[0]
+    np.testing.assert_array_equal(dx, jnp.asarray(1 / window ** 2, jnp.bfloat16))
+
+
+@pytest.mark.parametrize("op", [jcnn.avg_pool2d, reference.avg_pool2d])
+@pytest.mark.parametrize("flag", ["False", None, 0])
+def test_count_include_pad_must_be_a_bool(op, flag):
+    """"False" is truthy: it silently counted the padding."""
+    with pytest.raises(TypeError, match="avg_pool2d: count_include_pad must be True or False"):
+        op(jnp.ones((1, 4, 4, 1)), 2, 1, 1, count_include_pad=flag)
+
+
 @pytest.mark.parametrize("op", [lambda x: jcnn.max_pool2d(x, 2), lambda x: jcnn.avg_pool2d(x, 3, 1, 1),
                                 jcnn.global_avg_pool2d], ids=["max", "avg", "global"])
 def test_jit_vmap_and_vmap_of_grad(op):
