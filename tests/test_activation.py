@@ -128,3 +128,20 @@ def test_nan_stays_nan_and_minus_inf_as_the_formula(name, minus_inf):
     finite = lambda op: lambda x: jnp.sum(jnp.where(x == x, op(x), 0))  # noqa: E731
     np.testing.assert_array_equal(jax.grad(finite(getattr(jcnn, name)))(x),
                                   jax.grad(finite(getattr(reference, name)))(x))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("approximate", [True, False])
+def test_half_precision_gelu_is_computed_in_float32_and_rounded_once(approximate, dtype):
+    """In bfloat16 the formulas lost every digit (gelu(-3) came out -0.0059 for -0.0036, the
+    erf form's gradient changed sign near -0.75); in float16 x^3 overflowed (a NaN gradient at
+    |x| = 700). Computed in float32, forward and gradient are float64's, rounded once."""
+    x = jnp.concatenate([jnp.linspace(-6, 6, 241), jnp.array([-700.0, 700.0])]).astype(dtype)
+    x64 = x.astype(jnp.float64)
+    y, pull = jax.vjp(lambda x: jcnn.gelu(x, approximate), x)
+    y64, pull64 = jax.vjp(lambda x: reference.gelu(x, approximate), x64)
+    assert y.dtype == pull(jnp.ones_like(y))[0].dtype == dtype
+    eps = float(jnp.finfo(dtype).eps)  # one rounding: half an ulp, with float32's error beside
+    np.testing.assert_allclose(np.asarray(y, np.float64), y64, rtol=eps, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pull(jnp.ones_like(y))[0], np.float64),
+                               pull64(jnp.ones_like(y64))[0], rtol=eps, atol=1e-6)
