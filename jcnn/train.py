@@ -186,6 +186,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distributed", action="store_true",
                         help="multi-host: call jax.distributed.initialize() first (Slurm, Open "
                              "MPI and Cloud TPU are detected); run the same command on every host")
+    # what each option is when not given, so that --resume can tell which ones were given
+    parser.set_defaults(config_defaults={k: parser.get_default(k) for k in CONFIG_KEYS})
 
 
 class _Setup(NamedTuple):
@@ -207,6 +209,13 @@ def _config(args) -> tuple[dict, dict]:
     if args.out is None or not (args.out / CHECKPOINT).exists():
         raise SystemExit(f"jcnn train: --resume needs --out DIR holding {CHECKPOINT}")
     config = read_config(args.out / CHECKPOINT)
+    defaults = getattr(args, "config_defaults", {})
+    ignored = [k for k in CONFIG_KEYS if k in defaults and getattr(args, k) != defaults[k]
+               and getattr(args, k) != config[k]]
+    if ignored:
+        print("jcnn train: --resume keeps the saved run's " + ", ".join(
+            f"--{k.replace('_', '-')} {config[k]} (not {getattr(args, k)})" for k in ignored),
+            file=sys.stderr)
     return config, config.pop(PARTIAL, {"losses": [], "seconds": 0.0})
 
 

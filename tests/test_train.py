@@ -213,6 +213,18 @@ def test_bad_numbers_are_usage_errors_naming_the_option(option, value, says, cap
     assert f"argument {option}: {says}" in capsys.readouterr().err
 
 
+def test_resume_says_which_given_options_it_ignores(cli, tmp_path):
+    """--resume takes the saved config; an option given with another value is named, not
+    silently dropped (the cli fixture's own --lr 0.01 and --batch-size 32 match the run's)."""
+    assert cli("--epochs", 1, "--out", tmp_path)[0] == 0
+    code, _, err = cli("--epochs", 1, "--out", tmp_path, "--resume", "--optimizer", "sgd",
+                       "--seed", 3)
+    assert code == 0
+    assert ("--resume keeps the saved run's --optimizer adam (not sgd), --seed 0 (not 3)"
+            in err), err
+    assert "--lr" not in err and "--batch-size" not in err
+
+
 def test_resume_without_a_checkpoint_says_what_is_missing(cli, tmp_path):
     with pytest.raises(SystemExit, match="--resume needs --out DIR holding checkpoint.npz"):
         cli("--out", tmp_path, "--resume")
