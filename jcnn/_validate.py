@@ -196,6 +196,13 @@ def dropout_check(x, rate, key, op: str = "dropout") -> float:
     return rate
 
 
+def global_pool_check(x, op: str = "global_avg_pool2d") -> None:
+    check_rank(op, "x", x, 4, "NHWC")
+    if 0 in np.shape(x)[1:3]:
+        raise ValueError(f"{op}: x has no pixels to average (H or W is 0), shape {np.shape(x)}")
+    check_float(op, x=x)
+
+
 def flag_check(value, name: str, op: str) -> bool:
     """A bool option: a string such as "False" would be truthy and silently mean True."""
     if not isinstance(value, (bool, np.bool_)):

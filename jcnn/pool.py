@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jcnn._validate import PoolConfig, avg_pool_counts, flag_check, pool_config, pool_out_hw
+from jcnn._validate import (PoolConfig, avg_pool_counts, flag_check, global_pool_check,
+                            pool_config, pool_out_hw)
 from jcnn._windows import window_views
 
 Array = jax.Array
@@ -259,7 +260,7 @@ _avg_pool.defvjp(_avg_pool_fwd, _avg_pool_bwd)
 
 def global_avg_pool2d(x: Array) -> Array:
     """x (N, H, W, C) -> (N, C), the mean over H and W; dX[n,h,w,c] = G[n,c] / (H W)."""
-    pool_config(x, 1, 1, 0, "global_avg_pool2d")
+    global_pool_check(x)
     return _global_avg(x)
 
 

@@ -111,7 +111,7 @@ def avg_pool2d(x: Array, window, stride=None, padding: PaddingLike = 0,
 
 
 def global_avg_pool2d(x: Array) -> Array:
-    v.pool_config(x, 1, 1, 0, "global_avg_pool2d")
+    v.global_pool_check(x)
     return jnp.mean(x, axis=(1, 2))
 
 

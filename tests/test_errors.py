@@ -55,6 +55,8 @@ CASES = [
     ("avgpool-window-big", "avg_pool2d", (X, (2, 9)), {}, ValueError, ["window", "padded input"]),
     ("avgpool-only-padding", "avg_pool2d", (X, 2), {"padding": 2, "count_include_pad": False}, ValueError, ["padding"]),
     ("gap-rank", "global_avg_pool2d", (jnp.zeros((2, 4), f32),), {}, ValueError, ["x", "rank 4"]),
+    ("gap-no-pixels", "global_avg_pool2d", (jnp.zeros((2, 0, 3, 4), f32),), {}, ValueError, ["x", "no pixels", "(2, 0, 3, 4)"]),
+    ("gap-int", "global_avg_pool2d", (jnp.zeros((2, 3, 3, 4), jnp.int32),), {}, TypeError, ["x", "floating"]),
     ("bn-scale-shape", "batch_norm", (X, jnp.ones((3,), f32), jnp.zeros((4,), f32)), {}, ValueError, ["scale", "(4,)"]),
     ("bn-bias-shape", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((2,), f32)), {}, ValueError, ["bias", "(4,)"]),
     ("bn-eps-neg", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((4,), f32)), {"eps": -1e-5}, ValueError, ["eps"]),
