@@ -165,6 +165,7 @@ def test_example_numbers_agree_four_ways(example):
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow  # 17-20 s of matplotlib; the figures themselves are committed under docs/
 def test_figures_script_writes_every_png(figures, tmp_path, capsys):
     assert figures.main(["--out", str(tmp_path), "--steps", "25"]) == 0
     for name in figures.FIGURES:

@@ -23,6 +23,7 @@ def f64(tree):
     return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), tree)
 
 
+@pytest.mark.slow  # 20-26 s; the fixed LeNet-like model of find_the_bug passes in the default run
 def test_lenet_passes_every_layer():
     m, r = models.lenet(10, ops=jcnn), models.lenet(10, ops=jcnn.reference)
     params, state = m.init(jax.random.key(0), (2, 8, 8, 1))
