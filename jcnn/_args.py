@@ -32,6 +32,11 @@ def pair(value, name: str, op: str, *, minimum: int = 1) -> IntPair:
     return int(value[0]), int(value[1])
 
 
+def is_real(value) -> bool:
+    """A Python or NumPy real scalar, not a bool (True would pass for 1) nor an array."""
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
 def out_size(size: int, window: int, stride: int, dilation: int, lo: int, hi: int) -> int:
     """Output length of a window sliding over `size` padded by (lo, hi):
     floor((size + lo + hi - dilation*(window-1) - 1) / stride) + 1."""

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcnn._args import (IntPair, Pads, PaddingLike, check_float, check_rank, check_window_fits,
-                        out_size, padding_pairs, pair)
+                        is_real, out_size, padding_pairs, pair)
 
 
 class ConvConfig(NamedTuple):
@@ -165,7 +165,7 @@ def batch_norm_check(x, scale, bias, eps, op: str = "batch_norm") -> float:
         if tuple(np.shape(a)) != (c,):
             raise ValueError(f"{op}: {name} must have shape ({c},) (x's last axis), got "
                              f"{tuple(np.shape(a))}; x shape {np.shape(x)}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+    if not is_real(eps):
         raise TypeError(f"{op}: eps must be a Python float, got {eps!r}")
     if eps < 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
@@ -176,7 +176,7 @@ def batch_norm_check(x, scale, bias, eps, op: str = "batch_norm") -> float:
 
 
 def rate_check(rate, op: str = "dropout") -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating, np.integer)):
+    if not is_real(rate):
         raise TypeError(f"{op}: rate must be a Python float in [0, 1), got {rate!r}")
     if not 0 <= rate < 1:
         raise ValueError(f"{op}: rate must be in [0, 1), got {rate}")

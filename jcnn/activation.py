@@ -9,10 +9,10 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from jcnn._validate import float_check
+from jcnn._args import is_real
+from jcnn._validate import flag_check, float_check
 
 Array = jax.Array
 
@@ -27,8 +27,7 @@ def relu(x: Array) -> Array:
 def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
     """x where x > 0, else negative_slope * x. dx = g where x > 0, else negative_slope * g."""
     float_check(x, "leaky_relu")
-    is_real = isinstance(negative_slope, (int, float, np.integer, np.floating))
-    if isinstance(negative_slope, bool) or not is_real:
+    if not is_real(negative_slope):
         raise TypeError(f"leaky_relu: negative_slope must be a Python float, got {negative_slope!r}")
     return _leaky(float(negative_slope), x)
 
@@ -103,10 +102,8 @@ def gelu(x: Array, approximate: bool = True) -> Array:
                  t' = (1 - t^2) c (1 + 3 a x^2) / 2
     """
     float_check(x, "gelu")
-    if not isinstance(approximate, (bool, np.bool_)):  # PyTorch's "none"/"tanh" would be truthy
-        raise TypeError(f"gelu: approximate must be True (tanh form) or False (erf form), "
-                        f"got {approximate!r}")
-    return _gelu(bool(approximate), x)
+    # PyTorch's "none"/"tanh" would be truthy: only a bool is taken
+    return _gelu(flag_check(approximate, "approximate", "gelu"), x)
 
 
 _C, _A = 0.7978845608028654, 0.044715  # sqrt(2/pi), the cubic coefficient

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jcnn._args import is_real
 from jcnn._check_report import Report, Row
 from jcnn._check_rows import (INCONCLUSIVE, INCONCLUSIVE_NOTE, KINK, KINK_NOTE,
                               MAX_JACOBIAN_ENTRIES, Call, Precision, Stop,
@@ -195,7 +196,7 @@ def _check_options(mode: str, order: int, samples: int, rtol, atol) -> None:
     for name, value in (("rtol", rtol), ("atol", atol)):
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        if not is_real(value):
             raise TypeError(f"check_vjp: {name} must be a float or None, got {value!r}")
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"check_vjp: {name} must be finite and >= 0, got {value!r}")

@@ -3,9 +3,9 @@
 A pytree (params, model state, optax state, step, key, ...) is flattened by key path into named
 arrays — `params/0_conv2d/w`, `opt_state/0/mu/0_conv2d/w` — and written with `numpy.savez`; a
 JSON config rides along as one string array. bfloat16 (an ml_dtypes type) is stored as its raw
-bytes, with its dtype's name beside them, and comes back as bfloat16. Loading uses `allow_pickle=False` and a template
-tree of the same structure (e.g. a freshly initialised one), so nothing but arrays is ever read.
-Writes are atomic (`jcnn._atomic`): a crash mid-write leaves the previous checkpoint intact.
+bytes, with its dtype's name beside them, and comes back as bfloat16. Loading uses
+`allow_pickle=False` and a template tree of the same structure (e.g. a freshly initialised
+one), so nothing but arrays is ever read. Writes are atomic (`jcnn._atomic`): a crash mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 

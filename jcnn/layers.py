@@ -211,8 +211,8 @@ def split_key(key: Optional[jax.Array], n: int) -> list:
 def serial(*layers: Layer) -> Layer:
     """The layers one after another. params and state are dicts keyed `"{i}_{name}"`
     (`"0_conv2d"`, `"1_relu"`, ...) holding each layer's own dicts; `layers` keeps them. From
-    eleven layers on (indices past 9) the index is zero-padded (`"00_conv2d"`): `jax.tree_util` rebuilds dicts
-    with sorted keys, and this keeps that order the layers' order."""
+    eleven layers on (indices past 9) the index is zero-padded (`"00_conv2d"`): `jax.tree_util`
+    rebuilds dicts with sorted keys, and this keeps that order the layers' order."""
     width = len(str(len(layers) - 1))
     names = [f"{i:0{width}d}_{layer.name}" for i, layer in enumerate(layers)]
 

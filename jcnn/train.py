@@ -144,6 +144,11 @@ CHECKPOINT, METRICS = "checkpoint.npz", "metrics.jsonl"
 PARTIAL = "interrupted_epoch"  # saved beside the config by a Ctrl-C
 
 
+def _no_partial() -> dict:
+    """An epoch with nothing done before this run: no losses, no seconds."""
+    return {"losses": [], "seconds": 0.0}
+
+
 def _positive(kind: type) -> Callable[[str], Any]:
     """An argparse type: a finite number > 0 of `kind`, else a usage error naming the value."""
     def parse(text: str):
@@ -205,7 +210,7 @@ def _config(args) -> tuple[dict, dict]:
     if not args.resume:
         config = {k: getattr(args, k) for k in CONFIG_KEYS}
         config["lr"] = DEFAULT_LR[args.optimizer] if args.lr is None else args.lr
-        return config, {"losses": [], "seconds": 0.0}
+        return config, _no_partial()
     if args.out is None or not (args.out / CHECKPOINT).exists():
         raise SystemExit(f"jcnn train: --resume needs --out DIR holding {CHECKPOINT}")
     config = read_config(args.out / CHECKPOINT)
@@ -216,7 +221,7 @@ def _config(args) -> tuple[dict, dict]:
         print("jcnn train: --resume keeps the saved run's " + ", ".join(
             f"--{k.replace('_', '-')} {config[k]} (not {getattr(args, k)})" for k in ignored),
             file=sys.stderr)
-    return config, config.pop(PARTIAL, {"losses": [], "seconds": 0.0})
+    return config, config.pop(PARTIAL, _no_partial())
 
 
 def _setup(config: dict, data_dir: Optional[str], resume_from: Optional[Path]
@@ -347,7 +352,7 @@ def run(args) -> int:
         for epoch in range(int(ts.step) // (len(data.train_labels) // bs), args.epochs):
             ts, losses, seconds, stop = _train_epoch(setup, ts, epoch, args.epochs, interrupted)
             losses, seconds = partial["losses"] + losses, partial["seconds"] + seconds
-            partial = {"losses": [], "seconds": 0.0}
+            partial = _no_partial()
             if stop == "nan":
                 last = out / CHECKPOINT if out and saved else None
                 print(f"jcnn train: the loss is {losses[-1]} at step {int(ts.step)} (epoch "
