@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jcnn
-from jcnn import bench, reference
+from jcnn import reference
+from jcnn.bench import harness as bench
 
 
 def _views(x, kh: int, kw: int, pad: int) -> list:

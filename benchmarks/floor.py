@@ -16,7 +16,8 @@ import statistics
 import types
 
 import jcnn
-from jcnn import bench, reference
+from jcnn import reference
+from jcnn.bench import harness as bench
 
 
 def _strided(x, window, stride=None, padding=0):
@@ -34,7 +35,8 @@ STAND_INS = types.SimpleNamespace(**{
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", nargs="+", choices=sorted(bench.MODELS), default=list(bench.MODELS))
+    parser.add_argument("--model", nargs="+", choices=sorted(bench.MODELS),
+                        default=list(bench.MODELS))
     parser.add_argument("--batch-sizes", nargs="+", type=int)
     parser.add_argument("--dtype", choices=sorted(bench.DTYPES), default="float32")
     parser.add_argument("--repeats", type=int, default=40)

@@ -1,6 +1,7 @@
 """Where a LeNet training step's time goes on this machine: each conv's forward, input gradient
 (dx) and filter gradient (dw), as autodiff and as jcnn's rules compute them, each max-pool's
-forward + backward, and the whole autodiff step, timed interleaved (`jcnn.bench.interleaved`).
+forward + backward, and the whole autodiff step, timed interleaved
+(`jcnn.bench.harness.interleaved`).
 
 The convs are what both paths must pay; their sum over the autodiff step is the floor of the
 jcnn/autodiff step ratio for as long as jcnn's convs run XLA's convolutions.
@@ -17,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jcnn
-from jcnn import bench, reference
+from jcnn import reference
+from jcnn.bench import harness as bench
 
 # (name, image HWC, kernel HWIO) for the two convs of `bench.LENET`
 CONVS = (("conv1", (28, 28, 1), (5, 5, 1, 6)), ("conv2", (14, 14, 6), (5, 5, 6, 16)))

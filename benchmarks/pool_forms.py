@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import jcnn
-from jcnn import bench, reference
+from jcnn import reference
+from jcnn.bench import harness as bench
 
 SHAPES = (("pool1 28x28x6", (28, 28, 6)), ("pool2 14x14x16", (14, 14, 16)))
 

@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 import jcnn
-from jcnn._args import out_size
+from jcnn._validate import out_size
 from jcnn._validate import conv2d_config
 
 HERE = Path(__file__).resolve().parent
@@ -289,8 +289,8 @@ def train_lenet(steps: int, seed: int = 0):
     import optax
 
     from jcnn import models
-    from jcnn.data import batches, load_dataset
-    from jcnn.train import init_train_state, make_train_step
+    from jcnn.train.data import batches, load_dataset
+    from jcnn.train.step import init_train_state, make_train_step
 
     model = models.lenet(10, channels=(8, 16), hidden=(32,), ops=jcnn)
     optimizer = optax.adam(3e-3)

@@ -165,7 +165,7 @@ def grads_four_ways(case: Case, x=X, w=W) -> dict:
     s, p, g = case.stride, case.padding, case.g
     ways = {"loops": (input_grad_loops(x.shape, w, g, s, p),
                       filter_grad_loops(x, w.shape, g, s, p))}
-    dx, dw, _ = naive.conv2d_backward(_nhwc(x), _hwio(w), _nhwc(g), stride=s, padding=p)
+    dx, dw, _ = naive.conv2d_backward(_nhwc(g), _nhwc(x), _hwio(w), stride=s, padding=p)
     ways["naive"] = (dx[0, :, :, 0], dw[:, :, 0, 0])
     for way, conv in (("custom_vjp", jcnn.conv2d), ("autodiff", reference.conv2d)):
         def loss(xx, ww, conv=conv):

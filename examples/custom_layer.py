@@ -13,8 +13,8 @@ import optax
 
 import jcnn
 from jcnn import layers as L
-from jcnn.data import batches, load_dataset
-from jcnn.train import init_train_state, make_train_step
+from jcnn.train.data import batches, load_dataset
+from jcnn.train.step import init_train_state, make_train_step
 
 
 @jax.custom_vjp

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 import jcnn
 from jcnn import layers as L
-from jcnn.model_check import check_model
+from jcnn.check import check_model
 
 
 def hard_tanh_rule(fixed: bool):
@@ -45,13 +45,13 @@ def model(hard_tanh, ops=jcnn) -> L.Layer:
 
 
 def main(fixed: bool = False):
-    jax.config.update("jax_enable_x64", True)  # float64: finite differences join the check
-    suspect = model(hard_tanh_rule(fixed))
-    trusted = model(lambda x: jnp.clip(x, -1.0, 1.0), ops=jcnn.reference)  # autodiff throughout
-    params, state = suspect.init(jax.random.key(0), (4, 8, 8, 1))
-    params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
-    x = 2 * jax.random.normal(jax.random.key(1), (4, 8, 8, 1), jnp.float64)  # some |x| > 1
-    report = check_model(suspect, trusted, params, state, x, raise_on_failure=False)
+    with jax.enable_x64(True):  # float64: finite differences join the check
+        suspect = model(hard_tanh_rule(fixed))
+        trusted = model(lambda x: jnp.clip(x, -1.0, 1.0), ops=jcnn.reference)  # autodiff
+        params, state = suspect.init(jax.random.key(0), (4, 8, 8, 1))
+        params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64), params)
+        x = 2 * jax.random.normal(jax.random.key(1), (4, 8, 8, 1), jnp.float64)  # some |x| > 1
+        report = check_model(suspect, trusted, params, state, x, raise_on_failure=False)
     print(report)
     return report
 

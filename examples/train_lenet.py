@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 import jcnn
-from jcnn.data import batches, load_dataset
+from jcnn.train.data import batches, load_dataset
 from jcnn.models import lenet
 
 epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 10

@@ -6,8 +6,8 @@ import stat
 import pytest
 from matplotlib.figure import Figure
 
-from jcnn import plots
-from jcnn._atomic import atomic_open
+from jcnn.train import plots
+from jcnn.train.atomic import atomic_open
 
 
 def test_text_and_bytes_land_whole_with_open_s_permissions(tmp_path):

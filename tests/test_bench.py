@@ -5,7 +5,8 @@ from importlib.util import find_spec
 
 import pytest
 
-from jcnn import bench
+from jcnn.bench import harness as bench
+from jcnn.cli import bench as command
 from jcnn.cli import main
 
 
@@ -73,12 +74,12 @@ def test_round_ratios_pair_each_round_with_the_baseline_s_same_round():
     assert (rows["jcnn"]["ratio_lo"], rows["jcnn"]["ratio_hi"]) == pytest.approx((0.55, 0.6))
     assert rows["jcnn"]["ratio"] == pytest.approx(2.1 / 3.0)
     assert rows["autodiff"]["ratio_lo"] == rows["autodiff"]["ratio_hi"] == 1.0
-    assert "0.55-0.60" in bench.format_table(list(rows.values()))
+    assert "0.55-0.60" in command.format_table(list(rows.values()))
 
 
 def test_torch_modes_are_checked():
     with pytest.raises(SystemExit, match="--torch takes none"):
-        bench._torch_modes("eager,jit", smoke=False)
+        command._torch_modes("eager,jit", smoke=False)
 
 
 @pytest.mark.skipif(find_spec("resource") is None, reason="the OS counts no page faults")
@@ -98,7 +99,8 @@ def test_the_cpu_is_named_with_its_family_model_and_vector_extensions():
     intel = "cpu family\t: 6\nmodel\t\t: 143\nmodel name\t: Intel(R) Xeon(R)\nflags\t: avx2 avx512f"
     assert bench.describe_cpu(intel) == "Intel(R) Xeon(R) (family 6 model 143, AVX-512)"
     assert bench.describe_cpu("model name\t: Some CPU\n") == "Some CPU"
-    assert bench.describe_cpu("Features\t: fp asimd\n") is None  # no model name: the caller falls back
+    # no model name: the caller falls back
+    assert bench.describe_cpu("Features\t: fp asimd\n") is None
 
 
 
@@ -117,3 +119,32 @@ def test_the_form_tables_name_every_form_with_its_ratio_to_the_base(monkeypatch,
     assert capsys.readouterr().out.splitlines() == [
         "lenet B=8 xla      3.00 ms (min    2.00)  x1.000 xla  temp    2.0 MB",
         "lenet B=8 mine     1.50 ms (min    1.00)  x0.500 xla  temp   12.5 MB"]
+
+
+def test_an_op_missing_from_the_rules_is_a_note_and_any_other_attribute_error_raises():
+    import jcnn
+
+    def missing_op(ops):
+        return ops.conv4d  # in neither jcnn nor jcnn.reference
+
+    runners, memory, notes = bench._jax_runners(jcnn, missing_op)
+    assert not runners and notes == {"jcnn": "jcnn has no conv4d",
+                                     "autodiff": "jcnn.reference has no conv4d"}
+
+    def buggy(ops):
+        return None.shape  # an AttributeError that is a bug, not a missing op
+
+    with pytest.raises(AttributeError, match="shape"):
+        bench._jax_runners(jcnn, buggy)
+
+
+def test_no_import_cycle_among_jcnn_modules():
+    """The torch twins and the harness once imported each other; their constants now live in
+    jcnn.bench.models, which both import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parent.parent / "scripts" / "import_cycles.py"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 cycles" in done.stdout

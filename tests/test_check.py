@@ -10,7 +10,8 @@ import pytest
 from jax import lax
 
 from jcnn import reference
-from jcnn.check import MAX_JACOBIAN_ENTRIES, CheckFailed, check_vjp
+import jcnn
+from jcnn.check import MAX_JACOBIAN_ENTRIES, CheckFailed, check_vjp, kinked
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -447,7 +448,7 @@ def test_report_reads_in_100_columns_and_serialises(rng):
 
 
 def test_classification_words():
-    from jcnn._check_compare import compare
+    from jcnn.check.compare import compare
     want = np.ones((2, 6, 6, 4))
     column = want.copy()
     column[:, :, -1, :] += 1  # only the last column of every row
@@ -459,3 +460,68 @@ def test_classification_words():
              "scattered": scattered, "every element (288)": 2 * want}
     for says, got in cases.items():
         assert says in compare(got, want, rtol=1e-9, name="y").where
+
+
+# --- kinks: exact zeros and ties -------------------------------------------------------------
+
+def test_kinked_rounds_to_a_power_of_two_grid_near_the_rms(rng):
+    x = rng.standard_normal((4, 25))
+    x /= np.sqrt(np.mean(x ** 2))  # rms 1: the grid is round(4x)/4
+    np.testing.assert_array_equal(kinked(x), np.round(4 * x) / 4)
+    small = kinked(jnp.asarray(x / 64, jnp.float32))  # rms 1/64: steps of 1/256
+    assert small.dtype == jnp.float32
+    np.testing.assert_array_equal(small, np.round(256 * (x / 64)) / 256)
+    np.testing.assert_array_equal(kinked(np.zeros(3)), np.zeros(3))
+
+
+@jax.custom_vjp
+def relu_tie_half(x):
+    """relu whose first-order rule is right (0 at x == 0) but whose forward rule is
+    jnp.maximum, which autodiff differentiates as 1/2 at a tie: wrong second order at 0."""
+    return jnp.maximum(x, 0.0)
+
+
+relu_tie_half.defvjp(lambda x: (jnp.maximum(x, 0.0), x), lambda x, g: (g * (x > 0),))
+
+
+def test_kinks_catch_a_forward_rule_that_is_wrong_at_ties_in_second_order(rng):
+    x = jnp.asarray(rng.standard_normal((3, 7)))
+    assert check_vjp(relu_tie_half, reference.relu, x, order=2, kinks=False).ok  # no zeros
+    with pytest.raises(CheckFailed) as info:
+        check_vjp(relu_tie_half, reference.relu, x, order=2, kinks=True)
+    assert {(r.check, r.argument) for r in info.value.report.failures} == {
+        ("vjp2 (kinks)", "x (arg 0)")}
+    assert "tied values" in info.value.report.row("vjp2 (kinks)", "x").where
+    # first order alone is right at the kinks
+    assert check_vjp(relu_tie_half, reference.relu, x, kinks=True).ok
+
+
+def test_second_order_differentiates_every_argument_jointly(rng):
+    """The bug shows in jax.grad of jax.grad(lambda x, w: sum(relu(x) * w)) w.r.t. (x, w):
+    the case check_vjp's second order runs for a two-argument f."""
+    x = kinked(rng.standard_normal((3, 7)))
+    w = jnp.asarray(rng.standard_normal((3, 7)))
+    with pytest.raises(CheckFailed, match="vjp2"):
+        check_vjp(lambda x, w: relu_tie_half(x) * w, lambda x, w: reference.relu(x) * w, x, w,
+                  order=2, taylor_test=False)
+
+
+@pytest.mark.parametrize("op, bound", [
+    ("relu", lambda ops: ops.relu),
+    ("leaky_relu", lambda ops: lambda x: ops.leaky_relu(x, 0.1)),
+    ("max_pool2d", lambda ops: lambda x: ops.max_pool2d(x, 2)),
+    ("max_pool2d overlapping", lambda ops: lambda x: ops.max_pool2d(x, 3, 2, 1)),
+])
+def test_jcnn_ops_are_right_at_kinks_to_second_order(op, bound, rng):
+    """Fails where an op's forward rule differentiates differently from its backward rule at
+    a kink (known for relu at 0 until its forward rule is fixed)."""
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, 3)))
+    report = check_vjp(bound(jcnn), bound(reference), x, order=2, kinks=True,
+                       taylor_test=False, raise_on_failure=False)
+    assert report.ok, str(report)
+    assert {r.check for r in report.rows} >= {"vjp (kinks)", "vjp2 (kinks)"}
+
+
+def test_kinks_need_a_reference(rng):
+    with pytest.raises(ValueError, match="kinks=True compares with the reference"):
+        check_vjp(jnp.tanh, None, jnp.ones(3), kinks=True)

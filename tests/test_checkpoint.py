@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jcnn import checkpoint
+from jcnn.train import checkpoint
 
 
 @pytest.fixture

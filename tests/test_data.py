@@ -1,4 +1,4 @@
-"""jcnn.data: the embedded digits, the IDX and CIFAR-10 readers on small files written here
+"""jcnn.train.data: the embedded digits, the IDX and CIFAR-10 readers on small files written here
 (valid and corrupt, raw and gzipped), and fixed-shape batching."""
 import gzip
 import hashlib
@@ -8,8 +8,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-import jcnn.data
-from jcnn.data import (DATASETS, batches, channel_stats, load_dataset, num_batches,
+import jcnn.train.data
+from jcnn.train.data import (DATASETS, batches, channel_stats, load_dataset, num_batches,
                        standardize)
 
 # ---------------------------------------------------------------- embedded digits
@@ -57,8 +57,8 @@ def test_digits_split_is_fixed(digits):
 
 
 def test_digits_attribution():
-    readme = (Path(jcnn.data.__file__).parent / "assets" / "README").read_text()
-    for text in (readme, jcnn.data.__doc__):
+    readme = (Path(jcnn.__file__).parent / "assets" / "README").read_text()
+    for text in (readme, jcnn.train.data.__doc__):
         for needed in ("Alpaydin", "Kaynak", "Optical Recognition of Handwritten Digits",
                        "CC BY 4.0", "10.24432/C50P49"):
             assert needed in " ".join(text.split()), needed

@@ -13,7 +13,7 @@ import pytest
 import jcnn
 from jcnn import layers as L
 from jcnn import models
-from jcnn.model_check import check_model
+from jcnn.check import CheckFailed, check_model
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "find_the_bug.py"
 bug = runpy.run_path(str(EXAMPLE))
@@ -39,8 +39,11 @@ def test_the_fixed_rule_passes_and_raise_names_the_layer():
         lambda x: jnp.clip(x, -1.0, 1.0), ops=jcnn.reference)
     params, state = suspect.init(jax.random.key(0), (2, 8, 8, 1))
     x = 2 * jax.random.normal(jax.random.key(1), (2, 8, 8, 1), jnp.float64)
-    with pytest.raises(AssertionError, match="1_hard_tanh"):
+    with pytest.raises(CheckFailed, match="1_hard_tanh") as info:
         check_model(suspect, trusted, f64(params), state, x, taylor_test=False)
+    assert isinstance(info.value, AssertionError)  # check_vjp's error, an AssertionError
+    assert info.value.report.culprit.path == "1_hard_tanh"
+    assert str(info.value).startswith("check_model: the gradients of layer 1_hard_tanh")
 
 
 def test_a_bug_inside_a_residual_block_is_localised():
@@ -98,7 +101,7 @@ def test_rows_are_named_by_param_key_and_a_kernel_is_read_as_hwio():
 
 
 def test_param_names_are_identifiers_unique_in_the_layer():
-    from jcnn.model_check import _arg_names
+    from jcnn.check.model import _arg_names
     assert _arg_names(["0_conv2d/b", "0_conv2d/w"]) == ["b", "w", "x"]
     assert _arg_names(["body/0_conv2d/w", "body/1_conv2d/w", "x"]) == [
         "body_0_conv2d_w", "body_1_conv2d_w", "x_2", "x_3"]

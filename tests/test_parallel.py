@@ -16,9 +16,9 @@ from itertools import islice
 import jax, numpy as np, optax
 from jcnn import layers as L
 from jcnn.cli import main
-from jcnn.data import batches, load_dataset
-from jcnn.parallel import check_batch_size, data_mesh, put, replicated, shard_batch
-from jcnn.train import init_train_state, make_train_step
+from jcnn.train.data import batches, load_dataset
+from jcnn.train.parallel import check_batch_size, data_mesh, put, replicated, shard_batch
+from jcnn.train.step import init_train_state, make_train_step
 
 digits = load_dataset("digits")
 builds = {

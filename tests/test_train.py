@@ -17,11 +17,12 @@ import pytest
 import jcnn
 from jcnn import layers as L
 from jcnn import models, reference
-from jcnn import train as T
-from jcnn.checkpoint import load_checkpoint, read_config
 from jcnn.cli import main
-from jcnn.data import batches, load_dataset
-from jcnn.parallel import data_mesh, shard_batch
+from jcnn.cli import train as T
+from jcnn.train.checkpoint import read_config
+from jcnn.train.data import batches, load_dataset
+from jcnn.train.parallel import data_mesh, shard_batch
+from jcnn.train.step import evaluate, init_train_state, make_eval_step, make_train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 tiny_lenet = functools.partial(models.lenet, channels=(4, 8), hidden=(16,))
@@ -34,10 +35,11 @@ def digits():
 
 def _train(model, ops, optimizer, digits, steps, *, dtype=None, compute_dtype=None, bs=32):
     """`steps` steps on the first digits batches; returns (losses, final TrainState)."""
-    ts = T.init_train_state(model, optimizer, jax.random.key(0), (bs, 8, 8, 1))
-    cast = (lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a)
+    ts = init_train_state(model, optimizer, jax.random.key(0), (bs, 8, 8, 1))
+    def cast(a):
+        return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
     ts = jax.tree_util.tree_map(cast, ts) if dtype else ts
-    step = T.make_train_step(model, optimizer, ops=ops, compute_dtype=compute_dtype)
+    step = make_train_step(model, optimizer, ops=ops, compute_dtype=compute_dtype)
     losses = []
     for epoch in range(steps // (len(digits.train_labels) // bs) + 1):
         for x, y in batches(digits.train_images, digits.train_labels, bs, seed=0, epoch=epoch):
@@ -52,7 +54,7 @@ def test_a_short_run_learns_the_digits(digits):
     # seeds 0-3 reach 93-95% with this model: the bar leaves room for other float orders
     model, optimizer = models.lenet(10, channels=(8, 16), hidden=(32,)), optax.adam(3e-3)
     _, ts = _train(model, jcnn, optimizer, digits, 3 * 44)
-    loss, accuracy = T.evaluate(T.make_eval_step(model), ts.params, ts.state,
+    loss, accuracy = evaluate(make_eval_step(model), ts.params, ts.state,
                                 digits.test_images, digits.test_labels, 64, data_mesh())
     assert accuracy >= 0.9, f"test accuracy {accuracy:.3f} after 3 epochs"
 

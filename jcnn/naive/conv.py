@@ -88,12 +88,14 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1) -> np.nda
     return y if b is None else y + np.asarray(b, np.float64)
 
 
-def conv2d_backward(x, w, g, *, stride=1, padding=0, dilation=1, groups=1):
-    """Cotangents `(dx, dw, db)` of conv2d(x, w, b) for the output cotangent `g`: every product
-    X[n,p,q,ch] * W[i,j,c,o] that went into Y[n,y,x,o] sends G[n,y,x,o] back to both factors."""
-    cfg = conv2d_config(x, w, None, stride, padding, dilation, groups)
+def conv2d_backward(g, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1):
+    """Cotangents `(dx, dw, db)` of conv2d(x, w, b) for the output cotangent `g` (db None
+    without b): every product X[n,p,q,ch] * W[i,j,c,o] that went into Y[n,y,x,o] sends
+    G[n,y,x,o] back to both factors."""
+    cfg = conv2d_config(x, w, b, stride, padding, dilation, groups)
     x, w, g = _f64(x, w, g)
-    return _input_sum(g, w, x.shape, cfg), _filter_sum(x, g, w.shape, cfg), g.sum(axis=(0, 1, 2))
+    return (_input_sum(g, w, x.shape, cfg), _filter_sum(x, g, w.shape, cfg),
+            None if b is None else g.sum(axis=(0, 1, 2)))
 
 
 def conv_transpose2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
@@ -110,12 +112,13 @@ def conv_transpose2d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dil
     return y if b is None else y + np.asarray(b, np.float64)
 
 
-def conv_transpose2d_backward(x, w, g, *, stride=1, padding=0, output_padding=0, dilation=1,
-                              groups=1):
-    """Cotangents `(dx, dw, db)` of conv_transpose2d(x, w, b) for the output cotangent `g`. The
-    same terms as the conv2d from the output back to x, so dx is that conv2d applied to g and dw
-    its filter gradient with g as its input and x as its output cotangent."""
-    cfg = conv_transpose2d_config(x, w, None, stride, padding, output_padding, dilation, groups)
+def conv_transpose2d_backward(g, x, w, b=None, *, stride=1, padding=0, output_padding=0,
+                              dilation=1, groups=1):
+    """Cotangents `(dx, dw, db)` of conv_transpose2d(x, w, b) for the output cotangent `g` (db
+    None without b). The same terms as the conv2d from the output back to x, so dx is that
+    conv2d applied to g and dw its filter gradient with g as its input and x as its output
+    cotangent."""
+    cfg = conv_transpose2d_config(x, w, b, stride, padding, output_padding, dilation, groups)
     x, w, g = _f64(x, w, g)
     return (_output_sum(g, w, x.shape[1:3], cfg), _filter_sum(g, x, w.shape, cfg),
-            g.sum(axis=(0, 1, 2)))
+            None if b is None else g.sum(axis=(0, 1, 2)))

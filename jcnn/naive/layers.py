@@ -7,29 +7,39 @@ import math
 import numpy as np
 
 
-def dense_backward(x, w, b, g):
-    """Y[m, o] = sum_i X[m, i] W[i, o] + b[o] (leading axes of x folded into m).
-    Returns (y, dx, dw, db)."""
+def _dense(x, w, b, g):
+    """Y[m, o] = sum_i X[m, i] W[i, o] + b[o] (leading axes of x folded into m), and, for a
+    cotangent g (None: y only), (dx, dw, db)."""
     x2 = np.asarray(x, np.float64).reshape(-1, np.shape(x)[-1])
-    g2 = np.asarray(g, np.float64).reshape(-1, np.shape(g)[-1])
+    g2 = None if g is None else np.asarray(g, np.float64).reshape(-1, np.shape(g)[-1])
     w = np.asarray(w, np.float64)
     m, n_in, n_out = x2.shape[0], w.shape[0], w.shape[1]
     y, dx, dw = np.zeros((m, n_out)), np.zeros_like(x2), np.zeros_like(w)
     for r in range(m):
         for o in range(n_out):
             y[r, o] = sum(x2[r, i] * w[i, o] for i in range(n_in)) + (0 if b is None else b[o])
-            for i in range(n_in):
+            for i in range(n_in if g2 is not None else 0):
                 dx[r, i] += g2[r, o] * w[i, o]  # dY[r,o]/dX[r,i] = W[i,o]
                 dw[i, o] += g2[r, o] * x2[r, i]  # dY[r,o]/dW[i,o] = X[r,i], summed over rows
-    db = None if b is None else g2.sum(axis=0)
-    return y.reshape(*np.shape(x)[:-1], n_out), dx.reshape(np.shape(x)), dw, db
+    db = None if b is None or g2 is None else g2.sum(axis=0)
+    return y.reshape(*np.shape(x)[:-1], n_out), (dx.reshape(np.shape(x)), dw, db)
 
 
-def batch_norm_backward(x, scale, bias, g, eps=1e-5):
+def dense(x, w, b=None):
+    """Y[m, o] = sum_i X[m, i] W[i, o] + b[o] (leading axes of x folded into m)."""
+    return _dense(x, w, b, None)[0]
+
+
+def dense_backward(g, x, w, b=None):
+    """(dx, dw, db) of dense(x, w, b) for the output cotangent g (db None without b)."""
+    return _dense(x, w, b, g)[1]
+
+
+def _batch_norm(x, scale, bias, g, eps):
     """Training-mode batch norm of each channel over its M elements, and its exact backward:
     the forward written as a chain of small steps, then the chain rule applied to each step in
     reverse, so every path through the mean and the variance is visible.
-    Returns (y, dx, dscale, dbias)."""
+    Returns (y, (dx, dscale, dbias))."""
     x = np.asarray(x, np.float64)
     c = x.shape[-1]
     xs, gs = x.reshape(-1, c), np.asarray(g, np.float64).reshape(-1, c)
@@ -58,10 +68,21 @@ def batch_norm_backward(x, scale, bias, g, eps=1e-5):
         d_mu = -sum(d_d)                                        # 2: d_k = x_k - mu
         for k in range(m):
             dx[k, ch] = d_d[k] + d_mu / m                       # 2 and 1: mu = sum x_k / m
-    return y.reshape(x.shape), dx.reshape(x.shape), dscale, dbias
+    return y.reshape(x.shape), (dx.reshape(x.shape), dscale, dbias)
 
 
-def softmax_cross_entropy_backward(logits, labels, g=1.0):
+def batch_norm(x, scale, bias, *, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) * scale + bias per channel, over every axis but the last."""
+    return _batch_norm(x, scale, bias, np.zeros(np.shape(x)), eps)[0]
+
+
+def batch_norm_backward(g, x, scale, bias, *, eps=1e-5):
+    """(dx, dscale, dbias) of batch_norm(x, scale, bias) for the output cotangent g, exact
+    through the batch mean and variance."""
+    return _batch_norm(x, scale, bias, g, eps)[1]
+
+
+def _softmax_cross_entropy(logits, labels, g):
     """L = -(1/N) sum_n log softmax(logits[n])[labels[n]] over the N label positions.
     Returns (loss, dlogits) with dlogits[n, k] = g (p[n, k] - [k == labels[n]]) / N."""
     z = np.asarray(logits, np.float64)
@@ -76,3 +97,14 @@ def softmax_cross_entropy_backward(logits, labels, g=1.0):
         for j in range(k):
             d[r, j] = g * (math.exp(zs[r, j] - top) / total - (j == ls[r])) / n
     return loss, d.reshape(z.shape)
+
+
+def softmax_cross_entropy(logits, labels):
+    """-(1/N) sum_n log softmax(logits[n])[labels[n]] over the N label positions."""
+    return _softmax_cross_entropy(logits, labels, 0.0)[0]
+
+
+def softmax_cross_entropy_backward(g, logits, labels):
+    """(dlogits, None) for the scalar cotangent g: dlogits[n, k] = g (p[n, k] - [k ==
+    labels[n]]) / N; integer labels have no cotangent."""
+    return _softmax_cross_entropy(logits, labels, float(g))[1], None

@@ -20,10 +20,10 @@ def _window(cfg, y, xo):
             yield y * cfg.stride[0] + i - top, xo * cfg.stride[1] + j - left
 
 
-def max_pool2d_backward(x, g, window, stride=None, padding=0):
+def _max_pool(x, g, window, stride, padding):
     """(y, dx): y the max of each window (padding -inf, NaN larger than any number); each
-    window's gradient goes to the first element, in row-major window order, that equals its
-    max (the first NaN), and nowhere when that first element is padding."""
+    window's cotangent in g goes to the first element, in row-major window order, that equals
+    its max (the first NaN), and nowhere when that first element is padding (g None: y only)."""
     x, cfg, (oh, ow) = _setup(x, window, stride, padding, "max_pool2d")
     n, h, w, c = x.shape
     y, dx = np.full((n, oh, ow, c), -np.inf), np.zeros_like(x)
@@ -39,13 +39,25 @@ def max_pool2d_backward(x, g, window, stride=None, padding=0):
                                 or (np.isnan(value) and not np.isnan(top))):
                             top, best = value, (p, q) if inside else None
                     y[b, r, col, ch] = top
-                    if best is not None:
+                    if g is not None and best is not None:
                         dx[b, best[0], best[1], ch] += g[b, r, col, ch]
     return y, dx
 
 
-def avg_pool2d_backward(x, g, window, stride=None, padding=0, count_include_pad=True):
-    """(y, dx): y the mean of each window; each element of a window receives g / divisor."""
+def max_pool2d(x, window, stride=None, padding=0):
+    """The max of each window; padding is -inf, NaN larger than any number."""
+    return _max_pool(x, None, window, stride, padding)[0]
+
+
+def max_pool2d_backward(g, x, *, window, stride=None, padding=0):
+    """(dx,): each window's cotangent goes to the first element, in row-major window order,
+    that equals its max (the first NaN), and nowhere when that first element is padding."""
+    return (_max_pool(x, np.asarray(g, np.float64), window, stride, padding)[1],)
+
+
+def _avg_pool(x, g, window, stride, padding, count_include_pad):
+    """(y, dx): y the mean of each window; each element of a window receives g / divisor
+    (g None: y only)."""
     x, cfg, (oh, ow) = _setup(x, window, stride, padding, "avg_pool2d")
     n, h, w, c = x.shape
     y, dx = np.zeros((n, oh, ow, c)), np.zeros_like(x)
@@ -55,5 +67,18 @@ def avg_pool2d_backward(x, g, window, stride=None, padding=0, count_include_pad=
             divisor = cfg.window[0] * cfg.window[1] if count_include_pad else len(cells)
             for p, q in cells:
                 y[:, r, col, :] += x[:, p, q, :] / divisor
-                dx[:, p, q, :] += g[:, r, col, :] / divisor
+                if g is not None:
+                    dx[:, p, q, :] += g[:, r, col, :] / divisor
     return y, dx
+
+
+def avg_pool2d(x, window, stride=None, padding=0, count_include_pad=True):
+    """The mean of each window, divided by the window's size (or, without count_include_pad,
+    by the number of its elements inside the input)."""
+    return _avg_pool(x, None, window, stride, padding, count_include_pad)[0]
+
+
+def avg_pool2d_backward(g, x, *, window, stride=None, padding=0, count_include_pad=True):
+    """(dx,): each element of a window receives the window's cotangent / divisor."""
+    return (_avg_pool(x, np.asarray(g, np.float64), window, stride, padding,
+                      count_include_pad)[1],)

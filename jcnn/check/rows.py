@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcnn._check_compare import Comparison, compare, scale as _scale
-from jcnn._check_report import Row
-from jcnn._check_taylor import SMOOTH_ORDER, finite_difference, taylor
+from jcnn.check.compare import Comparison, compare, scale as _scale
+from jcnn.check.report import Row
+from jcnn.check.finite_differences import SMOOTH_ORDER, finite_difference, taylor
 
 MAX_JACOBIAN_ENTRIES = 1 << 20  # jacobian=True refuses a Jacobian with more entries
 INCONCLUSIVE = "inconclusive: round-off"  # an FD/Taylor row whose step drowns in round-off
@@ -216,9 +216,9 @@ def output_scalar(call: Call, ct, i: int, x: np.ndarray) -> tuple[float, float]:
 
 
 def _second_scalar(call: Call, ct, us: list, i: int, x: np.ndarray) -> tuple[float, float]:
-    """q(x) = sum_k <vjp(f)(ct)_k, u_k> with x in place of argument i."""
-    _, pull = _pullback(call.f, _replace(call.args, i, x), call.diff)
-    return _dot(pull(ct), us)
+    """q(x) = <f(x), ct> + sum_k <vjp(f)(ct)_k, u_k> with x in place of argument i."""
+    out, pull = _pullback(call.f, _replace(call.args, i, x), call.diff)
+    return _dot([*jax.tree.leaves(out), *pull(ct)], [*jax.tree.leaves(ct), *us])
 
 
 def oracle_rows(call: Call, suffix: str, scalar: Callable, grads: list, grads_ref,
@@ -273,10 +273,14 @@ def _taylor_row(check: str, label: str, result) -> Row:
 
 
 def _q(fn: Callable, args: tuple, diff: Sequence[int], ct, us: list) -> Callable:
-    """q(values) = sum_k <vjp(fn)(ct)_k, u_k> as a function of args[diff]."""
+    """q(values) = <fn(values), ct> + sum_k <vjp(fn)(ct)_k, u_k> as a function of args[diff].
+    The first term is fn's output as the vjp returns it: an outer gradient differentiates it
+    through the forward rule, as it does in jax.grad of jax.grad(lambda x, w: sum(fn(x) * w)),
+    so a forward rule whose derivative disagrees with the backward rule (at a kink) shows."""
     def q(*values):
-        _, pull = jax.vjp(_bind(fn, args, diff), *values)
-        return sum(jnp.vdot(g, u) for g, u in zip(pull(ct), us))
+        out, pull = jax.vjp(_bind(fn, args, diff), *values)
+        return sum(jnp.vdot(a, b) for a, b in zip([*jax.tree.leaves(out), *pull(ct)],
+                                                   [*jax.tree.leaves(ct), *us]))
     return q
 
 
@@ -289,10 +293,11 @@ def _second_order_tol(tol: dict, got: list, want: Optional[list]) -> dict:
 
 def second_order_rows(call: Call, ct, tol: dict, prec: Precision, rng, oracles: bool,
                       with_taylor: bool, control: bool) -> list[Row]:
-    """Gradients of q(x) = sum_k <vjp(f)(ct)_k, u_k>, reverse over reverse through the rule,
-    against the oracle's, then finite differences and the Taylor test of f's q. The oracle's
-    gradient serves as the kink control there only when `control` (f's first order agreed
-    with the oracle's, so that both q are one function)."""
+    """Gradients of q(x) = <f(x), ct> + sum_k <vjp(f)(ct)_k, u_k>, jointly in every
+    differentiated argument (one vjp, differentiated again: reverse over reverse through the
+    rule), against the oracle's, then finite differences and the Taylor test of f's q. The
+    oracle's gradient serves as the kink control there only when `control` (f's first order
+    agreed with the oracle's, so that both q are one function)."""
     us = [jnp.asarray(rng.standard_normal(call.args[i].shape), call.args[i].dtype)
           for i in call.diff]
     every = tuple(range(len(call.diff)))

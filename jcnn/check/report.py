@@ -1,5 +1,6 @@
 """The report `jcnn.check_vjp` returns: one row per comparison, a table that reads in 100
-columns, and a plain-dict form for JSON. Plain frozen dataclasses, not pytrees."""
+columns, and a plain-dict form for JSON. Plain frozen dataclasses, not pytrees. `CheckFailed`
+is the error `check_vjp` and `check_model` raise with their report."""
 from __future__ import annotations
 
 import math
@@ -14,7 +15,9 @@ WIDTH = 100
 class Row:
     """One comparison. `check` is one of: output (forward values), vjp (cotangents for random
     output cotangents), jacobian (every basis cotangent), fd (central finite difference),
-    taylor (remainder convergence order), the same with a `2` for second order, or skip."""
+    taylor (remainder convergence order), the same with a `2` for second order, or skip;
+    " (kinks)" after it for the arguments rounded to a coarse grid (`kinks=True`), the dtype,
+    e.g. " (float64)", for f's own rule checked cast up."""
     check: str
     argument: str  # e.g. "x (arg 0)", or "output"
     ok: bool
@@ -90,3 +93,12 @@ def _table_line(r: Row, width: int) -> str:
     line = (f"{r.check:<{width}}{r.argument[:18]:<19}{_num(r.max_abs, 9)}{_num(r.max_rel, 9)}"
             f"{_num(r.tol, 10)}  {'ok' if r.ok else 'FAIL':<7}{r.note}")
     return line if len(line) <= WIDTH else line[:WIDTH - 3] + "..."
+
+
+class CheckFailed(AssertionError):
+    """A comparison failed; `.report` is the full report (`check_vjp`'s `Report`,
+    `check_model`'s `ModelReport`), `str(error)` the headline, when given, then its table."""
+
+    def __init__(self, report, headline: str = ""):
+        super().__init__("\n".join(part for part in (headline, str(report)) if part))
+        self.report = report

@@ -11,7 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from jcnn._atomic import atomic_open
+from jcnn.train.atomic import atomic_open
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:

@@ -1,15 +1,16 @@
-"""`jcnn verify`: every op's hand-derived gradients over a grid of configurations, compared with
-autodiff of `jcnn.reference`, central finite differences (float64), the Taylor-remainder test
-and the NumPy loops of `jcnn.naive`. Prints one line per case; exits 1 on any mismatch.
+"""The grid `jcnn verify` runs: every op's hand-derived gradients over a table of
+configurations, compared with autodiff of `jcnn.reference`, central finite differences
+(float64), the Taylor-remainder test and the NumPy loops of `jcnn.naive`.
 
 Each case is checked by `jcnn.check_vjp` (autodiff, finite differences, Taylor) and, where
-`jcnn.naive` has the op, by the loops for the same random output cotangent.
+`jcnn.naive` has the op, by the loops for the same random output cotangent. Kinked cases run on
+inputs rounded to a coarse grid (`jcnn.check.kinked`: exact zeros for relu, tied maxima in
+max-pool windows): there finite differences and the Taylor test fail for the reference too, so
+they pass as a kink, and autodiff and the loops decide, at first and (--order 2) second order.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import contextlib
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -18,9 +19,7 @@ import numpy as np
 
 import jcnn
 from jcnn import naive, reference
-from jcnn._atomic import atomic_open
-from jcnn.cli import output_file
-from jcnn.check import check_vjp
+from jcnn.check.vjp import check_vjp, kinked
 
 NAIVE_RTOL = {"float64": 1e-9, "float32": 2e-4}
 
@@ -31,7 +30,8 @@ class Case(NamedTuple):
     shapes: tuple  # shapes of the float arguments, in order
     kwargs: dict
     full_only: bool = False  # only with --full
-    extra: tuple = ()  # non-float trailing arguments, made by `_extra`
+    extra: tuple = ()  # non-float trailing arguments, made by `_args`
+    kinks: bool = False  # the float arguments rounded to a coarse grid (`kinked`)
 
 
 def _conv(config, x, w, bias=True, full=False, **kw):
@@ -70,18 +70,30 @@ CASES = [
            padding=((1, 0), (0, 2)), output_padding=(2, 1)),
     _convt("1x1 s1", (2, 3, 3, 4), (1, 1, 3, 4), full=True),
     Case("max_pool2d", "2x2 s2", ((2, 6, 6, 3),), {"window": 2}),
-    Case("max_pool2d", "3x3 s2 p1, overlapping", ((2, 7, 7, 2),), {"window": 3, "stride": 2, "padding": 1}),
-    Case("max_pool2d", "2x3 s(1,2) SAME", ((1, 5, 7, 2),), {"window": (2, 3), "stride": (1, 2), "padding": "SAME"}),
-    Case("max_pool2d", "3x3 s3, rows unreached", ((2, 8, 7, 1),), {"window": 3, "stride": 3}, True),
+    Case("max_pool2d", "3x3 s2 p1, overlapping", ((2, 7, 7, 2),),
+         {"window": 3, "stride": 2, "padding": 1}),
+    Case("max_pool2d", "2x3 s(1,2) SAME", ((1, 5, 7, 2),),
+         {"window": (2, 3), "stride": (1, 2), "padding": "SAME"}),
+    Case("max_pool2d", "3x3 s3, rows unreached", ((2, 8, 7, 1),), {"window": 3, "stride": 3},
+         True),
     Case("avg_pool2d", "2x2 s2", ((2, 6, 6, 3),), {"window": 2}),
-    Case("avg_pool2d", "3x3 s2 p1, count pad", ((2, 7, 7, 2),), {"window": 3, "stride": 2, "padding": 1}),
-    Case("avg_pool2d", "3x3 s2 p1, exclude pad", ((2, 7, 7, 2),), {"window": 3, "stride": 2, "padding": 1, "count_include_pad": False}),
-    Case("avg_pool2d", "2x3 asym pads", ((1, 5, 6, 2),), {"window": (2, 3), "padding": ((1, 0), (0, 2))}, True),
+    Case("avg_pool2d", "3x3 s2 p1, count pad", ((2, 7, 7, 2),),
+         {"window": 3, "stride": 2, "padding": 1}),
+    Case("avg_pool2d", "3x3 s2 p1, exclude pad", ((2, 7, 7, 2),),
+         {"window": 3, "stride": 2, "padding": 1, "count_include_pad": False}),
+    Case("avg_pool2d", "2x3 asym pads", ((1, 5, 6, 2),),
+         {"window": (2, 3), "padding": ((1, 0), (0, 2))}, True),
     Case("global_avg_pool2d", "", ((2, 4, 5, 3),), {}),
     Case("dense", "(4, 5) -> 3", ((4, 5), (5, 3), (3,)), {}),
     Case("dense", "(2, 3, 2, 5) -> 3, no bias", ((2, 3, 2, 5), (5, 3)), {}, True),
+    Case("max_pool2d", "2x2 s2, kinks: ties", ((2, 6, 6, 3),), {"window": 2}, kinks=True),
+    Case("max_pool2d", "3x3 s2 p1, kinks: ties", ((2, 7, 7, 2),),
+         {"window": 3, "stride": 2, "padding": 1}, kinks=True),
     Case("relu", "", ((3, 7),), {}),
+    Case("relu", "kinks: zeros", ((3, 7),), {}, kinks=True),
     Case("leaky_relu", "slope 0.1", ((3, 7),), {"negative_slope": 0.1}),
+    Case("leaky_relu", "slope 0.1, kinks: zeros", ((3, 7),), {"negative_slope": 0.1},
+         kinks=True),
     Case("sigmoid", "", ((3, 7),), {}),
     Case("tanh", "", ((3, 7),), {}),
     Case("gelu", "tanh approximation", ((3, 7),), {"approximate": True}),
@@ -110,7 +122,9 @@ class Result(NamedTuple):
 def _args(case: Case, dtype, seed: int) -> tuple:
     rng = np.random.default_rng(seed)
     arrays = [jnp.asarray(rng.standard_normal(s), dtype) for s in case.shapes]
-    if case.op == "max_pool2d":  # distinct values well apart: no ties for finite differences
+    if case.kinks:
+        arrays = [kinked(a) for a in arrays]
+    elif case.op == "max_pool2d":  # distinct values well apart: no ties for finite differences
         x = np.arange(np.prod(case.shapes[0]), dtype=np.float64)
         arrays[0] = jnp.asarray(rng.permutation(x).reshape(case.shapes[0]) / x.size, dtype)
     for extra in case.extra:
@@ -129,24 +143,6 @@ def _bound(module, case: Case) -> Callable:
     return lambda *a: op(*a, **case.kwargs)
 
 
-def _naive_grads(case: Case, args: tuple, g: np.ndarray) -> Optional[tuple]:
-    """The loops' cotangents of the float arguments for output cotangent g, or None where
-    `jcnn.naive` has no such op."""
-    a = [np.asarray(v, np.float64) for v in args[:len(case.shapes)]]
-    kw = case.kwargs
-    if case.op in ("conv2d", "conv_transpose2d"):
-        return getattr(naive, case.op + "_backward")(a[0], a[1], g, **kw)[:len(a)]
-    if case.op in ("max_pool2d", "avg_pool2d"):
-        return getattr(naive, case.op + "_backward")(a[0], g, **kw)[1:]
-    if case.op == "dense":
-        return naive.dense_backward(a[0], a[1], a[2] if len(a) > 2 else None, g)[1:1 + len(a)]
-    if case.op == "batch_norm":
-        return naive.batch_norm_backward(*a, g)[1:]
-    if case.op == "softmax_cross_entropy":
-        return naive.softmax_cross_entropy_backward(a[0], np.asarray(args[1]), float(g))[1:]
-    return None
-
-
 def _rel(got, want) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     scale = max(float(np.abs(want).max(initial=0)), 1e-30)
@@ -154,12 +150,16 @@ def _rel(got, want) -> float:
 
 
 def _naive_error(case: Case, args: tuple, seed: int) -> Optional[float]:
+    """The worst relative error of jcnn's cotangents of the float arguments against the loops'
+    for one random output cotangent, or None where `jcnn.naive` has no such op."""
+    backward = getattr(naive, case.op + "_backward", None)
+    if backward is None:
+        return None
     floats = args[:len(case.shapes)]
     y, pull = jax.vjp(lambda *f: _bound(jcnn, case)(*f, *args[len(floats):]), *floats)
     g = np.random.default_rng(seed + 1).standard_normal(np.shape(y))
-    want = _naive_grads(case, args, g)
-    if want is None:
-        return None
+    want = backward(g, *(np.asarray(a, np.float64) for a in floats),
+                    *(np.asarray(a) for a in args[len(floats):]), **case.kwargs)
     got = pull(jnp.asarray(g, y.dtype))
     return max(_rel(a, b) for a, b in zip(got, want))
 
@@ -172,10 +172,13 @@ def _worst(report, check: str, field: str, pick=max) -> Optional[float]:
 
 def run_case(case: Case, dtype: str = "float64", order: int = 1, taylor: bool = False,
              seed: int = 0) -> Result:
-    args = _args(case, jnp.dtype(dtype), seed)
-    report = check_vjp(_bound(jcnn, case), _bound(reference, case), *args, order=order,
-                       taylor_test=taylor, samples=1, seed=seed, raise_on_failure=False)
-    naive_err = _naive_error(case, args, seed)
+    """One case, checked by `check_vjp` and the loops. float64 runs with x64 enabled for the
+    call only (`jax.enable_x64`): the global JAX config is left as it was."""
+    with jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext():
+        args = _args(case, jnp.dtype(dtype), seed)
+        report = check_vjp(_bound(jcnn, case), _bound(reference, case), *args, order=order,
+                           taylor_test=taylor, samples=1, seed=seed, raise_on_failure=False)
+        naive_err = _naive_error(case, args, seed)
     naive_ok = naive_err is None or naive_err <= NAIVE_RTOL.get(dtype, 5e-2)
     ok = report.ok and naive_ok
     detail = "" if report.ok else str(report)
@@ -198,42 +201,3 @@ def table(results: list[Result]) -> str:
         lines.append(f"{r.op:<22}{r.config[:27]:<28}{_fmt(r.autodiff):>9}{_fmt(r.fd):>9}"
                      f"{_fmt(r.naive):>9}{_fmt(r.taylor, '.2f'):>8}  {'ok' if r.ok else 'FAIL'}")
     return "\n".join(lines)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--full", action="store_true", help="the whole grid, not the quick one")
-    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                        help="float64 (default) adds finite differences at a tight tolerance")
-    parser.add_argument("--order", type=int, choices=(1, 2), default=1,
-                        help="2 also checks gradients of gradients (reverse over reverse)")
-    parser.add_argument("--taylor", action="store_true",
-                        help="add the Taylor-remainder test (order 2 = right, 1 = wrong)")
-    parser.add_argument("--op", action="append", metavar="NAME",
-                        help="only this op (repeatable), e.g. --op conv2d --op max_pool2d")
-    parser.add_argument("--json", type=output_file, metavar="PATH",
-                        help="also write the rows as JSON")
-
-
-def run(args) -> int:
-    if args.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    known = sorted({c.op for c in CASES})
-    unknown = sorted(set(args.op or ()) - set(known))
-    if unknown:
-        print(f"jcnn verify: unknown op {', '.join(unknown)}; choose from {', '.join(known)}",
-              file=sys.stderr)
-        return 2
-    cases = [c for c in CASES if (args.full or not c.full_only) and (not args.op or c.op in args.op)]
-    results = []
-    for case in cases:
-        results.append(run_case(case, args.dtype, args.order, args.taylor))
-        print(table(results[-1:]).splitlines()[-1] if results[1:] else table(results), flush=True)
-    failed = [r for r in results if not r.ok]
-    for r in failed:
-        print("\n" + r.detail)
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed "
-          f"({args.dtype}, order {args.order}{', taylor' if args.taylor else ''})")
-    if args.json:
-        with atomic_open(args.json) as fh:
-            json.dump([r._asdict() for r in results], fh, indent=1)
-    return 1 if failed else 0

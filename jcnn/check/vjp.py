@@ -23,20 +23,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jcnn._args import is_real
-from jcnn._check_report import Report, Row
-from jcnn._check_rows import (INCONCLUSIVE, INCONCLUSIVE_NOTE, KINK, KINK_NOTE,
+from jcnn._validate import is_real
+from jcnn.check.report import CheckFailed, Report, Row
+from jcnn.check.rows import (INCONCLUSIVE, INCONCLUSIVE_NOTE, KINK, KINK_NOTE,
                               MAX_JACOBIAN_ENTRIES, Call, Precision, Stop,
                               cotangent_rows, jacobian_rows, oracle_rows, output_rows,
                               output_scalar, random_like, refuse_large_jacobian,
                               second_order_rows, stacked_vjps)
 
-__all__ = ["check_vjp", "CheckFailed", "Report", "Row", "PRECISION", "MAX_JACOBIAN_ENTRIES"]
+__all__ = ["check_vjp", "kinked", "CheckFailed", "Report", "Row", "PRECISION",
+           "MAX_JACOBIAN_ENTRIES"]
 
 
 def _sweep(top: float, bottom: float, per_decade: int) -> tuple[float, ...]:
     return tuple(float(h) for h in np.logspace(top, bottom, (top - bottom) * per_decade + 1))
 
+
+KINK_GRID = 4  # kinks=True: grid steps of a power of two near the argument's RMS, / this
 
 PRECISION = {
     "float64": Precision(1e-9, 1e-6, 1e-6, _sweep(-1, -6, 2)),
@@ -54,19 +57,11 @@ reverse over reverse, which the rule does support and order=2 checks:
     hvp = lambda x, v: jax.grad(lambda x: jnp.vdot(grad(x), v))(x)   # Hessian times v"""
 
 
-class CheckFailed(AssertionError):
-    """A comparison failed; `.report` is the full `Report`, `str(error)` its table."""
-
-    def __init__(self, report: Report):
-        super().__init__(str(report))
-        self.report = report
-
-
 def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int = 1,
               rtol: Optional[float] = None, atol: Optional[float] = None,
               argnums: Optional[Sequence[int]] = None, samples: int = 2,
               jacobian: bool = False, taylor_test: bool = True, mode: str = "rev",
-              seed: int = 0, raise_on_failure: bool = True) -> Report:
+              seed: int = 0, kinks: bool = False, raise_on_failure: bool = True) -> Report:
     """Check f's custom backward rules against `reference`, finite differences and a Taylor test.
 
     Args:
@@ -89,6 +84,13 @@ def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int
       mode: "rev". "fwd" raises ValueError: custom_vjp rules have no forward mode (the message
         gives the reverse-over-reverse recipe: loss -> grad -> jax.grad of <grad, v>).
       seed: seeds the cotangents and directions (NumPy), so a failure reproduces.
+      kinks: also compare with the reference on a copy of the differentiated arguments rounded
+        to a coarse grid (`kinked`: round(4x)/4 for arguments of root-mean-square 1), where a
+        ReLU sees exact zeros and a max window tied maxima: the forward, the cotangents, the
+        Jacobian (with `jacobian`) and, with order=2, second order, in rows marked "(kinks)".
+        No finite differences or Taylor test there (f is not differentiable at a kink, so
+        they tell nothing); needs a reference (else ValueError). The reference's gradient at
+        a kink is the convention checked (jcnn.reference: the first maximum, 0 at relu(0)).
       raise_on_failure: raise `CheckFailed` (an AssertionError) when any row fails.
 
     Returns:
@@ -102,18 +104,21 @@ def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int
         \\max |\\bar{x}_i^{f} - \\bar{x}_i^{ref}| \\le \\mathrm{atol} + \\mathrm{rtol}\\,
         \\max(|\\bar{x}_i^{f}|, |\\bar{x}_i^{ref}|)
 
-    and :math:`\\bar{x}_i^{f}` must have argument i's dtype. The oracles of f's own forward,
-    for :math:`s(x_i) = \\langle c, f(x) \\rangle` and a random direction v, see
-    `jcnn._check_taylor`: the central difference of s must match :math:`\\langle \\bar{x}_i,
-    \\delta \\rangle` to fd_rtol, and the Taylor remainder :math:`|s(x_i + h v) - s(x_i) -
-    h \\langle \\bar{x}_i, v \\rangle|` must shrink like :math:`h^2` (measured order >= 1.5).
-    Where the reference's own gradient fails these two as well (a kink, a tie: f is not
-    differentiable there), the row passes with the note "kink". Where f's round-off is as
-    large as the change the step makes (large outputs in float32), the row passes with the
-    note "inconclusive: round-off", and with no reference f's rule is then also checked in
-    float64 (x64 enabled). order=2 repeats all three for the scalar
-    :math:`q(x) = \\sum_i \\langle \\mathrm{vjp}(f)(c)_i, u_i \\rangle` (u random), whose
-    gradient runs reverse over reverse through the rule.
+    and :math:`\\bar{x}_i^{f}` must have argument i's dtype. The oracles of f's own forward, for
+    :math:`s(x_i) = \\langle c, f(x) \\rangle` and a random direction v, see
+    `jcnn.check.finite_differences`: the central difference of s must match :math:`\\langle
+    \\bar{x}_i, \\delta \\rangle` to fd_rtol, and the Taylor remainder :math:`|s(x_i + h v) -
+    s(x_i) - h \\langle \\bar{x}_i, v \\rangle|` must shrink like :math:`h^2` (measured order >=
+    1.5). Where the reference's own gradient fails these two as well (a kink, a tie: f is not
+    differentiable there), the row passes with the note "kink". Where f's round-off is as large
+    as the change the step makes (large outputs in float32), the row passes with the note
+    "inconclusive: round-off", and with no reference f's rule is then also checked in float64
+    (x64 enabled). order=2 repeats all three for the scalar :math:`q(x) = \\langle f(x), c
+    \\rangle + \\sum_i \\langle \\mathrm{vjp}(f)(c)_i, u_i \\rangle` (u random), differentiated
+    in every argument at once (one vjp, then its gradient): reverse over reverse through the
+    rule, and through the forward rule for the output that the vjp returns (the path of jax.grad
+    of jax.grad(lambda x, w: sum(f(x) * w)), where a forward rule whose own derivative disagrees
+    with the backward rule at a kink shows).
 
     Per-dtype settings (`PRECISION`; steps relative to the argument's root-mean-square):
 
@@ -135,15 +140,41 @@ def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int
     cancellation).
     """
     _check_options(mode, order, samples, rtol, atol)
+    if kinks and reference is None:
+        raise ValueError("check_vjp: kinks=True compares with the reference at the kinks (finite "
+                         "differences tell nothing there); pass a reference")
     call = _setup(f, reference, args, _argnums(argnums))
     if jacobian:
         refuse_large_jacobian(call)
     rng = np.random.default_rng(seed)
     prec = PRECISION[call.dtype]
     tol = dict(rtol=prec.rtol if rtol is None else rtol, atol=0.0 if atol is None else atol)
-    oracles = prec.fd_step is not None
     rows = [Row("skip", call.labels[i], True, note=f"{_kind(a)}: held fixed")
             for i, a in enumerate(call.args) if i not in call.diff]
+    rows += _comparisons(call, tol, prec, rng, order, samples, jacobian,
+                         prec.fd_step is not None, taylor_test)
+    drowned = call.dtype == "float32" and jax.config.jax_enable_x64 and any(
+        r.note == INCONCLUSIVE for r in rows)
+    if reference is None and (call.upcast or drowned):
+        rows += _own_oracles_cast_up(f, call, order=order, samples=samples,
+                                     taylor_test=taylor_test, seed=seed)
+    if kinks:
+        rounded = tuple(kinked(a) if i in call.diff else a for i, a in enumerate(call.args))
+        rows += [replace(row, check=f"{row.check} (kinks)") for row in _comparisons(
+            _setup(f, reference, rounded, call.diff), tol, prec, rng, order, samples, jacobian,
+            False, False)]
+    report = Report(_name(f), _name(reference), call.dtype, order, tuple(rows),
+                    _notes(call, rows))
+    if raise_on_failure and not report.ok:
+        raise CheckFailed(report)
+    return report
+
+
+def _comparisons(call: Call, tol: dict, prec: Precision, rng, order: int, samples: int,
+                 jacobian: bool, oracles: bool, taylor_test: bool) -> list[Row]:
+    """The rows of one set of arguments: the forward, the cotangents, the Jacobian, finite
+    differences and the Taylor test (`oracles`), then second order."""
+    rows = []
     try:
         rows += output_rows(call, tol)
         cts = [random_like(call.f(*call.args), rng) for _ in range(samples)]
@@ -153,23 +184,25 @@ def check_vjp(f: Callable, reference: Optional[Callable], *args: Any, order: int
             rows += jacobian_rows(call, tol)
         if oracles:
             rows += oracle_rows(call, "", partial(output_scalar, call, cts[0]),
-                                 [g[0] for g in got], None if want is None else
-                                 [w[0] for w in want], prec, rng, taylor_test)
+                                [g[0] for g in got], None if want is None else
+                                [w[0] for w in want], prec, rng, taylor_test)
         if order == 2:
             control = all(r.ok for r in rows if r.check == "vjp")
             rows += second_order_rows(call, cts[0], tol, prec, rng, oracles, taylor_test, control)
     except Stop as stop:
         rows.append(stop.row)
-    drowned = call.dtype == "float32" and jax.config.jax_enable_x64 and any(
-        r.note == INCONCLUSIVE for r in rows)
-    if reference is None and (call.upcast or drowned):
-        rows += _own_oracles_cast_up(f, call, order=order, samples=samples,
-                                     taylor_test=taylor_test, seed=seed)
-    report = Report(_name(f), _name(reference), call.dtype, order, tuple(rows),
-                    _notes(call, rows))
-    if raise_on_failure and not report.ok:
-        raise CheckFailed(report)
-    return report
+    return rows
+
+
+def kinked(x):
+    """x rounded to a coarse grid, so that a ReLU sees exact zeros and a max window tied
+    maxima: :math:`s \\, \\mathrm{round}(x / s)` with :math:`s = 2^{\\mathrm{round}(\\log_2
+    \\mathrm{rms}(x))} / 4` (1/4 where x is all zero), in x's dtype; s is a power of two, so
+    the grid points are exact there. For x of root-mean-square 1 that is round(4x)/4."""
+    x64 = np.asarray(x, np.float64)
+    rms = float(np.sqrt(np.mean(np.square(x64)))) if x64.size else 0.0
+    s = (2.0 ** round(math.log2(rms)) if rms > 0 else 1.0) / KINK_GRID
+    return jnp.asarray(s * np.round(x64 / s), jnp.asarray(x).dtype)
 
 
 def _own_oracles_cast_up(f: Callable, call: Call, **options) -> list[Row]:

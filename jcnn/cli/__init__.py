@@ -1,6 +1,7 @@
-"""`jcnn train | verify | bench`: each subcommand lives in its own module, which exposes
-`configure(parser)` to add its options and `run(args) -> int` to do the work. Modules are
-imported only when their subcommand runs, so `jcnn verify` never loads matplotlib."""
+"""`jcnn train | verify | bench`: each subcommand lives in its own module of this package
+(`jcnn.cli.train`, `jcnn.cli.verify`, `jcnn.cli.bench`), which exposes `configure(parser)` to
+add its options and `run(args) -> int` to do the work. Modules are imported only when their
+subcommand runs, so `jcnn verify` never loads optax or matplotlib."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +11,10 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 COMMANDS = {
-    "train": ("jcnn.train", "train a CNN with the hand-derived gradients"),
-    "verify": ("jcnn.verify", "check every op's gradients against autodiff, finite differences and NumPy"),
-    "bench": ("jcnn.bench", "time a training step: hand rules vs autodiff (vs PyTorch)"),
+    "train": ("jcnn.cli.train", "train a CNN with the hand-derived gradients"),
+    "verify": ("jcnn.cli.verify",
+               "check every op's gradients against autodiff, finite differences and NumPy"),
+    "bench": ("jcnn.cli.bench", "time a training step: hand rules vs autodiff (vs PyTorch)"),
 }
 
 

@@ -5,7 +5,8 @@ arrays — `params/0_conv2d/w`, `opt_state/0/mu/0_conv2d/w` — and written with
 JSON config rides along as one string array. bfloat16 (an ml_dtypes type) is stored as its raw
 bytes, with its dtype's name beside them, and comes back as bfloat16. Loading uses
 `allow_pickle=False` and a template tree of the same structure (e.g. a freshly initialised
-one), so nothing but arrays is ever read. Writes are atomic (`jcnn._atomic`): a crash mid-write leaves the previous checkpoint intact.
+one), so nothing but arrays is ever read. Writes are atomic (`jcnn.train.atomic`): a crash
+mid-write leaves the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from jcnn._atomic import atomic_open
+from jcnn.train.atomic import atomic_open
 
 _CONFIG, _DTYPES = "__config__", "__dtypes__"
 _RESERVED = (_CONFIG, _DTYPES, "file", "allow_pickle")  # ours, and numpy.savez's keywords

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from jcnn.bench import LR, MOMENTUM, NUM_CLASSES
+from jcnn.bench.models import LR, MOMENTUM, NUM_CLASSES
 
 
 def lenet(in_channels: int) -> nn.Module:
-    """`jcnn.bench.LENET`: conv5x5(pad 2)-relu-pool x2 (6, 16 channels), dense-relu 120,
+    """`jcnn.bench.models.LENET`: conv5x5(pad 2)-relu-pool x2 (6, 16 channels), dense-relu 120,
     dense classifier."""
     return nn.Sequential(
         nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
@@ -34,7 +34,8 @@ class BasicBlock(nn.Module):
         self.body = nn.Sequential(*_conv_bn(cin, cout, 3, stride), nn.ReLU(),
                                   *_conv_bn(cout, cout, 3, 1))
         reshapes = stride != 1 or cin != cout
-        self.shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, stride)) if reshapes else nn.Identity()
+        self.shortcut = (nn.Sequential(*_conv_bn(cin, cout, 1, stride)) if reshapes
+                         else nn.Identity())
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.shortcut(x))

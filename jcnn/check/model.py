@@ -15,7 +15,8 @@ from typing import Any, NamedTuple, Optional
 
 import jax
 
-from jcnn.check import Report, check_vjp
+from jcnn.check.report import CheckFailed, Report
+from jcnn.check.vjp import check_vjp
 from jcnn.layers import Layer, split_key
 
 
@@ -60,8 +61,9 @@ def check_model(model: Layer, reference: Layer, params: Any, state: Any, x: jax.
       train: run the layers in training mode (batch statistics, dropout with `key`).
       options: passed to `check_vjp` (order, rtol, atol, samples, taylor_test, ...).
 
-    Returns a `ModelReport`; raises `AssertionError` naming the first wrong layer when
-    `raise_on_failure` and any layer disagrees.
+    Returns a `ModelReport`; raises `CheckFailed` (an AssertionError, as `check_vjp` does)
+    naming the first wrong layer, with the `ModelReport` as `.report`, when `raise_on_failure`
+    and any layer disagrees.
     """
     results: list[LayerResult] = []
     if model.layers:
@@ -70,8 +72,8 @@ def check_model(model: Layer, reference: Layer, params: Any, state: Any, x: jax.
         _check(model, reference, params, state, x, train, key, model.name, results, options)
     report = ModelReport(tuple(results))
     if raise_on_failure and not report.ok:
-        raise AssertionError(f"check_model: the gradients of layer {report.culprit.path} "
-                             f"disagree with the reference\n{report}")
+        raise CheckFailed(report, f"check_model: the gradients of layer {report.culprit.path} "
+                                  f"disagree with the reference")
     return report
 
 

@@ -1,15 +1,6 @@
-"""Training: the jit-compiled, data-parallel step, evaluation, and the `jcnn train` command.
-
-    model = jcnn.models.lenet(10)                       # ops=jcnn: hand-derived gradients
-    optimizer = optax.adam(1e-3)
-    ts = init_train_state(model, optimizer, jax.random.key(0), (batch, 8, 8, 1))
-    step = make_train_step(model, optimizer)
-    ts, loss = step(ts, *shard_batch((images, labels), data_mesh()))
-
-The gradient mode is the model's `ops`: with `jcnn` ops `jax.value_and_grad` runs the hand
-rules, with `jcnn.reference` ops the same call is JAX's own autodiff. Build the model and the
-step with the same `ops` (the step takes its loss from it).
-"""
+"""`jcnn train`: trains a model from `jcnn.models` on a dataset of `jcnn.train.data` with the
+step of `jcnn.train.step`; with --out it writes metrics.jsonl, checkpoints and plots there,
+and --resume continues a run from its checkpoint."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +14,6 @@ import threading
 import time
 from itertools import islice
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -34,98 +24,12 @@ from tqdm import tqdm
 
 import jcnn
 from jcnn import models, reference
-from jcnn._atomic import atomic_open
-from jcnn.checkpoint import load_checkpoint, read_config, save_checkpoint
-from jcnn.data import batches, load_dataset
-from jcnn.layers import Layer
-from jcnn.parallel import batch_sharded, check_batch_size, data_mesh, put, replicated, shard_batch
-
-
-class TrainState(NamedTuple):
-    params: dict
-    state: dict        # the model's state: batch-norm running statistics
-    opt_state: Any     # optax's state for `params`
-    step: jax.Array    # int32 (): optimiser steps taken
-    key: jax.Array     # uint32 (2,): raw PRNG key; step k draws dropout from fold_in(key, k)
-
-
-def init_train_state(model: Layer, optimizer: optax.GradientTransformation, key: jax.Array,
-                     input_shape: tuple[int, ...]) -> TrainState:
-    """Fresh params (float32) and state from `key` for inputs of `input_shape` (N, H, W, C)."""
-    init_key, step_key = jax.random.split(key)
-    params, state = jax.jit(model.init, static_argnums=1)(init_key, tuple(input_shape))
-    return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32),
-                      jax.random.key_data(step_key))
-
-
-def _forward(model: Layer, compute_dtype, params, state, x, *, train: bool, key=None):
-    """Logits in the dtype of `x` (the master dtype); with `compute_dtype` the params and `x`
-    are cast to it first, so the layers run in it and gradients come back in the master's."""
-    master = x.dtype
-    if compute_dtype is not None:
-        params = jax.tree_util.tree_map(lambda p: p.astype(compute_dtype), params)
-        x = x.astype(compute_dtype)
-    logits, state = model.apply(params, state, x, train=train, key=key)
-    return logits.astype(master), state
-
-
-def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
-                    ops: ModuleType = jcnn, compute_dtype=None, mesh=None
-                    ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
-    """`step(ts, images, labels) -> (ts, loss)`: one optimiser step on the mean
-    `ops.softmax_cross_entropy` of a batch, images (N, H, W, C) float, labels (N,) int.
-
-    jit-compiled with `ts` donated (its buffers are reused: do not touch the old `ts` after the
-    call). The batch is split across `mesh` (default: every device), `ts` is replicated.
-    `compute_dtype=jnp.bfloat16` runs the model in bfloat16 on float32 master params.
-    """
-    mesh = data_mesh() if mesh is None else mesh
-
-    def loss_fn(params, state, images, labels, key):
-        logits, state = _forward(model, compute_dtype, params, state, images, train=True, key=key)
-        return ops.softmax_cross_entropy(logits, labels), state
-
-    def step(ts: TrainState, images, labels):
-        key = jax.random.fold_in(jax.random.wrap_key_data(ts.key), ts.step)
-        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            ts.params, ts.state, images, labels, key)
-        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-        params = optax.apply_updates(ts.params, updates)
-        return TrainState(params, state, opt_state, ts.step + 1, ts.key), loss
-
-    rep, data = replicated(mesh), batch_sharded(mesh)
-    return jax.jit(step, in_shardings=(rep, data, data), out_shardings=rep, donate_argnums=0)
-
-
-def make_eval_step(model: Layer, *, ops: ModuleType = jcnn, compute_dtype=None, mesh=None
-                   ) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """`eval_step(params, state, images, labels, mask) -> (loss_sum, correct)`: the
-    cross-entropy and the correct predictions summed over the batch weighted by `mask` (N,)
-    float (1 real, 0 padding), in evaluation mode (running statistics, no dropout)."""
-    mesh = data_mesh() if mesh is None else mesh
-
-    def eval_step(params, state, images, labels, mask):
-        logits, _ = _forward(model, compute_dtype, params, state, images, train=False)
-        nll = -jnp.take_along_axis(ops.log_softmax(logits), labels[:, None], axis=1)[:, 0]
-        correct = (jnp.argmax(logits, axis=1) == labels).astype(mask.dtype)
-        return jnp.sum(mask * nll), jnp.sum(mask * correct)
-
-    rep, data = replicated(mesh), batch_sharded(mesh)
-    return jax.jit(eval_step, in_shardings=(rep, rep, data, data, data), out_shardings=rep)
-
-
-def evaluate(eval_step, params, state, images: np.ndarray, labels: np.ndarray,
-             batch_size: int, mesh) -> tuple[float, float]:
-    """Mean loss and accuracy over every example exactly once: the last batch is padded to
-    `batch_size` and masked, so one compiled `eval_step` serves every batch."""
-    loss_sum, correct = 0.0, 0
-    for x, y, mask in batches(images, labels, batch_size, shuffle=False, remainder="pad"):
-        batch_loss, batch_correct = eval_step(params, state, *shard_batch((x, y, mask), mesh))
-        loss_sum, correct = loss_sum + float(batch_loss), correct + round(float(batch_correct))
-    return loss_sum / len(labels), correct / len(labels)
-
-
-# ---- the `jcnn train` command ------------------------------------------------------------
+from jcnn.train.atomic import atomic_open
+from jcnn.train.checkpoint import load_checkpoint, read_config, save_checkpoint
+from jcnn.train.data import batches, load_dataset
+from jcnn.train.parallel import (batch_sharded, check_batch_size, data_mesh, put, replicated,
+                                 shard_batch)
+from jcnn.train.step import TrainState, evaluate, init_train_state, make_eval_step, make_train_step
 
 MODELS = {"lenet": models.lenet,
           "resnet8": functools.partial(models.resnet, depth=8),
@@ -321,7 +225,7 @@ def _records_until(out: Path, step: int) -> list[dict]:
 def _write_outputs(out: Path, records: list[dict], before: np.ndarray,
                    after: np.ndarray) -> None:
     """curves.png from every record (resumed runs included) and filters.png."""
-    from jcnn import plots  # only now: matplotlib is slow to import and needed only here
+    from jcnn.train import plots  # only now: matplotlib is slow to import and needed only here
     plots.plot_curves(records, out / "curves.png")
     if before is not None:
         plots.plot_filters(before, after, out / "filters.png")

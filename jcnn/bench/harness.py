@@ -1,22 +1,15 @@
-"""`jcnn bench`: time a full training step with jcnn's hand-derived rules against JAX's autodiff
-(`jcnn.reference` + `jax.grad`), and PyTorch when it is installed, in one run.
+"""The `jcnn bench` harness: runners for a jit-compiled training step and for single ops, timed
+interleaved, with XLA's memory figures and the page faults per step, as table rows.
 
 A step is forward, backward and an SGD-momentum update, jit-compiled with donated buffers
-(`jcnn.train.make_train_step`). Each path is warmed up, then timed one step at a time
+(`jcnn.train.step.make_train_step`). Each path is warmed up, then timed one step at a time
 (`block_until_ready`) in interleaved rounds, so that load from other processes falls on every
-path alike; the table gives the median, the ratio to autodiff, XLA's compiled memory figures
-(temp and argument bytes) and the minor page faults per step (where a large temp buffer's
-pages are faulted in anew each step, that is time the memory costs). `--ops` times single ops
-(forward + backward) the same way, so a regression points at its op. `--hand reference` runs
-autodiff against itself: its ratios show the harness's noise. Times are measurements of this
-machine, not properties of jcnn: compare ratios taken in the same run.
+path alike. The form benchmarks (benchmarks/*_forms.py) use the same timing.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
-import json
 import os
 import platform
 import statistics
@@ -31,33 +24,9 @@ import numpy as np
 import optax
 
 import jcnn
-from jcnn import models, reference
-from jcnn._atomic import atomic_open
-from jcnn.cli import output_file
-from jcnn.layers import Layer
-from jcnn.train import init_train_state, make_train_step
-
-NUM_CLASSES = 10
-LR, MOMENTUM = 0.01, 0.9
-
-
-class ModelSpec(NamedTuple):
-    build: Callable[[ModuleType], Layer]   # ops -> model
-    image: tuple[int, int, int]            # (H, W, C)
-    batch_sizes: tuple[int, ...]           # CPU-sized defaults
-
-
-# The issue's LeNet (conv 5x5 -> 6, pool, conv 5x5 -> 16, pool, dense 784-120-10), pinned here
-# so that the benchmark does not move when `models.lenet`'s defaults do.
-LENET = {"channels": (6, 16), "hidden": (120,)}
-MODELS = {
-    "lenet": ModelSpec(lambda ops: models.lenet(NUM_CLASSES, **LENET, ops=ops), (28, 28, 1),
-                       (128, 512)),
-    "resnet8": ModelSpec(lambda ops: models.resnet(NUM_CLASSES, 8, ops=ops), (32, 32, 3), (32, 128)),
-}
-DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
-HANDS = {"jcnn": jcnn, "reference": reference}
-TORCH_MODES = ("eager", "channels_last", "compile")
+from jcnn import reference
+from jcnn.bench.models import DTYPES, LR, MODELS, MOMENTUM, NUM_CLASSES, ModelSpec
+from jcnn.train.step import init_train_state, make_train_step
 
 
 # ---- timing ---------------------------------------------------------------------------------
@@ -161,13 +130,16 @@ def _rows(case: dict, times: dict[str, list[float]], memory: dict[str, dict],
 
 def _jax_runners(hand: ModuleType, make: Callable[[ModuleType], tuple[Callable, dict]]):
     """`make(ops)` for the hand rules and for autodiff: (runners, memory, notes) keyed by
-    implementation; an op missing from `hand` becomes a note rather than an error."""
+    implementation; an op missing from the ops module (one that has landed in
+    `jcnn.reference` but not yet in jcnn) becomes a note rather than an error."""
     runners, memory, notes = {}, {}, {}
     for impl, ops in (("jcnn" if hand is jcnn else "reference", hand), ("autodiff", reference)):
         try:
             runners[impl], memory[impl] = make(ops)
-        except AttributeError as e:  # an op that has not landed in jcnn yet
-            notes[impl] = str(e)
+        except AttributeError as e:
+            if e.obj is not ops:  # any other AttributeError is a bug: let it show
+                raise
+            notes[impl] = f"{ops.__name__} has no {e.name}"
     return runners, memory, notes
 
 
@@ -203,10 +175,14 @@ def bench_step(name: str, batch: int, dtype: str, *, repeats: int, rounds: int,
     runners, memory, notes = _jax_runners(
         hand, lambda ops: jax_step_runner(spec, ops, images, labels, DTYPES[dtype]))
     for mode in torch_modes:
-        from jcnn import _bench_torch  # torch is optional: imported only when asked for
+        from jcnn.bench import torch_twins  # torch is optional: imported only when asked for
         try:
-            runners[f"torch-{mode}"] = _bench_torch.step_runner(name, mode, images, labels, dtype)
-        except Exception as e:  # torch.compile needs a C++ compiler and may fail: say so, go on
+            runners[f"torch-{mode}"] = torch_twins.step_runner(name, mode, images, labels, dtype)
+        except RuntimeError as e:
+            # torch.compile needs a C++ compiler and may fail (its errors are RuntimeErrors):
+            # say so, go on; a failing eager or channels_last step is a bug and shows
+            if mode != "compile":
+                raise
             notes[f"torch-{mode}"] = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
     case = {"model": name, "op": "train step", "batch": batch, "dtype": dtype}
     return _rows(case, _time(runners, memory, repeats, rounds), memory, notes, rounds=rounds)
@@ -315,7 +291,7 @@ def bench_op(case: OpCase, batch: int, dtype: str, *, repeats: int, rounds: int,
                  rounds=rounds)
 
 
-# ---- the command ----------------------------------------------------------------------------
+# ---- the environment -------------------------------------------------------------------------
 
 def describe_cpu(cpuinfo: str) -> Optional[str]:
     """'AMD EPYC (family 23 model 1, AVX2)' from /proc/cpuinfo's text: the model name alone does
@@ -353,98 +329,3 @@ def environment() -> dict:
             "python": platform.python_version(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "load_average": os.getloadavg()}
-
-
-def _torch_modes(arg: Optional[str], smoke: bool) -> tuple[str, ...]:
-    """--torch: a comma list of modes, "none", or (default) every mode when torch imports
-    (none under --smoke)."""
-    if arg is None:
-        from importlib.util import find_spec
-        return () if smoke or find_spec("torch") is None else TORCH_MODES
-    modes = () if arg == "none" else tuple(arg.split(","))
-    unknown = set(modes) - set(TORCH_MODES)
-    if unknown:
-        raise SystemExit(f"jcnn bench: --torch takes none or a comma list of "
-                         f"{', '.join(TORCH_MODES)}; got {', '.join(sorted(unknown))}")
-    return modes
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", nargs="+", choices=sorted(MODELS), default=None,
-                        help="models to time (default: all; lenet under --smoke)")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, metavar="B", help="batch sizes for "
-                        "every model (default: " + "; ".join(
-                            f"{k} {' '.join(map(str, v.batch_sizes))}" for k, v in MODELS.items())
-                        + "; e.g. 1024 8192 on a GPU)")
-    parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=None,
-                        help="compute dtypes, params stay float32 (default: both)")
-    parser.add_argument("--repeats", type=int, default=30, help="timed runs per path (default 30)")
-    parser.add_argument("--rounds", type=int, default=5,
-                        help="interleaving rounds the runs are split into (default 5)")
-    parser.add_argument("--torch", metavar="MODES", help="PyTorch rows: comma list of "
-                        f"{', '.join(TORCH_MODES)}, or none (default: all when torch imports)")
-    parser.add_argument("--ops", action="store_true",
-                        help="time single ops (forward + backward) instead of the training step")
-    parser.add_argument("--hand", choices=sorted(HANDS), default="jcnn",
-                        help="the rules timed against autodiff; reference gives an A/A run "
-                        "whose ratios show the harness's noise")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny: batch 8, float32, 3 runs, no torch (for the test suite)")
-    parser.add_argument("--json", type=output_file, metavar="PATH",
-                        help="also write {environment, rows} as JSON here")
-
-
-def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def format_table(rows: list[dict]) -> str:
-    """The rows as an aligned text table: times in ms, memory in MB, ratios to autodiff (with
-    their range over the rounds, and to the fastest PyTorch variant), minor page faults per
-    step."""
-    head = ("model", "op", "batch", "dtype", "impl", "median ms", "min ms", "ratio",
-            "rounds", "vs torch", "temp MB", "arg MB", "temp ratio", "faults/step")
-    lines = [head] + [(r["model"], r["op"], str(r["batch"]), r["dtype"], r["impl"],
-                       _fmt(r["median_ms"], ".2f"), _fmt(r["min_ms"], ".2f"),
-                       _fmt(r["ratio"], ".2f"),
-                       "-" if r["ratio_lo"] is None else f"{r['ratio_lo']:.2f}-{r['ratio_hi']:.2f}",
-                       _fmt(r["torch_ratio"], ".2f"),
-                       _fmt(r["temp_bytes"] and r["temp_bytes"] / 1e6, ".2f"),
-                       _fmt(r["argument_bytes"] and r["argument_bytes"] / 1e6, ".2f"),
-                       _fmt(r["temp_ratio"], ".2f"), _fmt(r["faults"], ".0f"))
-                      + ((r["note"],) if r["note"] else ())
-                      for r in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip()
-                     + ("  " + line[-1] if len(line) > len(head) else "") for line in lines)
-
-
-def run(args) -> int:
-    names = args.model or (["lenet"] if args.smoke else list(MODELS))
-    dtypes = args.dtype or (["float32"] if args.smoke else list(DTYPES))
-    repeats, rounds = (3, 1) if args.smoke else (args.repeats, args.rounds)
-    torch_modes = _torch_modes(args.torch, args.smoke)
-    hand = HANDS[args.hand]
-    env = environment()
-    print(f"jcnn bench: {env['platform']} {env['device']}, {env['cores']} cores, jax {env['jax']}, "
-          f"jaxlib {env['jaxlib']}, torch {env['torch'] or 'not installed'}, load "
-          f"{' '.join(f'{x:.2f}' for x in env['load_average'])}; {repeats} runs per path in "
-          f"{rounds} interleaved rounds, median", flush=True)
-    rows = []
-    for name in names:
-        sizes = [8] if args.smoke else args.batch_sizes or MODELS[name].batch_sizes
-        for batch in sizes:
-            for dtype in dtypes:
-                if args.ops:
-                    for case in (c for c in OP_CASES if c.model == name):
-                        rows += bench_op(case, batch, dtype, repeats=repeats, rounds=rounds,
-                                         hand=hand)
-                else:
-                    rows += bench_step(name, batch, dtype, repeats=repeats, rounds=rounds,
-                                       hand=hand, torch_modes=torch_modes)
-    print(format_table(rows))
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    if args.json:
-        with atomic_open(args.json) as f:
-            f.write(json.dumps({"environment": env, "rows": rows}, indent=1) + "\n")
-    return 0
