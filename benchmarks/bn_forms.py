@@ -1,7 +1,7 @@
 """The batch-norm backward's two channel sums, one pass or two, in the whole ResNet-8 training
-step: autodiff, jcnn as shipped (on CPU one variadic reduction, `jcnn.norm._channel_sums`;
+step: autodiff, jcnn as shipped (lowered for CPU one variadic reduction, `jcnn/forms/norm.py`;
 elsewhere two `jnp.sum`s), and jcnn with each form forced, timed interleaved, with XLA's temp
-memory. The forced forms are built by patching the module function before compiling.
+memory. The forced forms are built by patching the form's chooser before compiling.
 
     python benchmarks/bn_forms.py [--batch-sizes 32 128] [--repeats 30]
 """
@@ -11,13 +11,16 @@ import argparse
 from unittest import mock
 
 import jcnn
-from jcnn import bench, norm, reference
+from jcnn import norm, reference
+from jcnn.bench import harness as bench
+from jcnn.forms import norm as norm_forms
 
 
 def forced_runner(spec, images, labels, one_pass: bool):
     """A jcnn step whose batch norms reduce in one pass (or two sums) whatever the backend."""
-    shipped = norm._channel_sums
-    with mock.patch.object(norm, "_channel_sums", lambda _, g, xhat: shipped(one_pass, g, xhat)):
+    form = norm_forms._one_pass if one_pass else norm._two_sums
+    with mock.patch.object(norm_forms, "channel_sums", lambda g: None), \
+            mock.patch.object(norm, "_two_sums", form):
         return bench.jax_step_runner(spec, jcnn, images, labels, None)
 
 

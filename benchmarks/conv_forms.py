@@ -1,9 +1,10 @@
 """Formulations of a stride-1 convolution on this backend, timed interleaved: XLA's
-`conv_general_dilated` (what jcnn and autodiff both emit) against im2col (patches + one matmul, the patches from
-`conv_general_dilated_patches` or stacked shifted slices)
+`conv_general_dilated` (what jcnn and autodiff both emit) against im2col (patches + one matmul,
+the patches from `conv_general_dilated_patches` or stacked shifted slices)
 a sum of kh*kw shifted slices (one small matmul, or a broadcast multiply when C == 1, per
-tap), and XLA's conv with its output channels padded past 16 (`pad17`). The shapes are the LeNet convs (forward, and conv2's input gradient, which is a conv of
-the cotangent with the flipped kernel) and the ResNet-8 3x3 convs.
+tap), and XLA's conv with its output channels padded past 16 (`pad17`). The shapes are the
+LeNet convs (forward, and conv2's input gradient, which is a conv of the cotangent with the
+flipped kernel) and the ResNet-8 3x3 convs.
 
     python benchmarks/conv_forms.py [--batch-sizes 128 512] [--repeats 40] [--dtype float32]
 """
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jcnn import bench
+from jcnn.bench import harness as bench
 
 # (name, image HWC, kernel HWIO), all stride 1 and "same" padding
 SHAPES = (("lenet conv1 fwd", (28, 28, 1), (5, 5, 1, 6)),
@@ -37,7 +38,8 @@ def im2col(x, w):
     """Patches (N, H, W, C*kh*kw), channel-major as `conv_general_dilated_patches` orders
     them, times the kernel reshaped to match."""
     kh, kw, c, o = w.shape
-    patches = lax.conv_general_dilated_patches(x, (kh, kw), (1, 1), [(kh // 2,) * 2, (kw // 2,) * 2],
+    patches = lax.conv_general_dilated_patches(x, (kh, kw), (1, 1),
+                                               [(kh // 2,) * 2, (kw // 2,) * 2],
                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return patches @ w.transpose(2, 0, 1, 3).reshape(c * kh * kw, o)
 

@@ -1,7 +1,7 @@
 """The conv filter gradient on this backend, several ways: XLA's one convolution over the whole
 batch (x as CHWN, the output image as the window; what autodiff builds too), jcnn's
-`_conv2d_dw` as shipped (on CPU one convolution per chunk of `_dw_chunk` images, a matmul for
-1x1 kernels), the same rule with chunks of other sizes, and image patches^T @ G in a loop over
+`_conv2d_dw` as shipped (lowered for CPU one convolution per chunk of the batch,
+`jcnn.forms.conv._chunked_dw`, a matmul for 1x1 kernels), the same rule with chunks of other sizes, and image patches^T @ G in a loop over
 chunks of about 1 MiB of patches (a form tried on 2026-12-02 and not kept). Alone for the convs
 of ResNet-8 and LeNet, then in the jcnn ResNet-8 and LeNet training steps as shipped and with
 one convolution per filter gradient, beside autodiff, timed interleaved.
@@ -20,9 +20,11 @@ import numpy as np
 from jax import lax
 
 import jcnn
-from jcnn import bench, conv, reference
+from jcnn import conv, reference
+from jcnn.bench import harness as bench
 from jcnn._validate import ConvConfig
 from jcnn._windows import window_views
+from jcnn.forms import conv as conv_forms
 
 # (image side, in channels, out channels, kernel, stride), padding kernel // 2
 CASES = [(32, 3, 16, 3, 1), (32, 16, 16, 3, 1), (32, 16, 32, 3, 2), (32, 16, 32, 1, 2),
@@ -37,8 +39,9 @@ def one_conv(cfg, x, g):
 
 
 def chunked(cfg, x, g, size):
-    """jcnn's rule with `size` images per chunk instead of `_dw_chunk`'s (set while tracing)."""
-    with mock.patch.object(conv, "_dw_chunk", lambda n: size):
+    """jcnn's rule with `size` images per chunk, as many chunks as that makes (set while
+    tracing)."""
+    with mock.patch.multiple(conv_forms, DW_CHUNK=size, DW_CHUNKS=-(-x.shape[0] // size)):
         return conv._conv2d_dw(cfg, x, g)
 
 
@@ -57,7 +60,8 @@ def patches(cfg, x, g, budget=2 ** 20, max_parts=32):
     size = min(n, max(budget // image_bytes, -(-n // max_parts), 1))
     full, rest = divmod(n, size)
     dw = lax.fori_loop(0, full, lambda k, dw: dw + chunk_dw(
-        *(lax.dynamic_slice_in_dim(a, k * size, size) for a in (x, g))), jnp.zeros((kh * kw * c, o)))
+        *(lax.dynamic_slice_in_dim(a, k * size, size) for a in (x, g))),
+        jnp.zeros((kh * kw * c, o)))
     if rest:
         dw = dw + chunk_dw(x[full * size:], g[full * size:])
     return dw.reshape(kh, kw, c, o)
@@ -87,7 +91,7 @@ def step(model: str, batch: int, repeats: int) -> None:
     images, labels = bench._batch(spec, batch)
     made = {name: bench.jax_step_runner(spec, hand, images, labels, None)
             for name, hand in (("autodiff", reference), ("jcnn", jcnn))}
-    with mock.patch.object(conv, "_dw_chunk", lambda n: n):
+    with mock.patch.object(conv_forms, "filter_gradient", lambda *args: None):
         made["jcnn, one conv"] = bench.jax_step_runner(spec, jcnn, images, labels, None)
     bench.print_step_forms(f"{model} B={batch:4d}", made, repeats, 6)
 

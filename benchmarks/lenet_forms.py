@@ -25,10 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import jcnn
-from jcnn import bench, conv, reference
+from jcnn import conv, reference
+from jcnn.bench import harness as bench
 from jcnn import layers as L
 from jcnn._validate import pool_config
-from jcnn.pool import _index_dtype, _max_of, _place, _windows
+from jcnn.forms.pool import _index_dtype, _max_of
+from jcnn.pool import _place, _windows
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -49,7 +51,7 @@ def _relu_pool_bwd(cfg, res, g):
     index, x_shape = res
     parts = [jnp.where(index == jnp.asarray(k, index.dtype), g, jnp.zeros_like(g))
              for k in range(cfg.window[0] * cfg.window[1])]
-    return (_place(parts, cfg, x_shape),)
+    return (_place(parts, cfg, x_shape[1:3]),)
 
 
 _relu_pool.defvjp(_relu_pool_fwd, _relu_pool_bwd)

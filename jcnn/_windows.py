@@ -1,9 +1,12 @@
-"""The strided views a sliding window reads: what pooling and the one-channel convolution
-forward are built from.
+"""The strided views a sliding window reads, and their adjoint: what pooling and the
+one-channel convolution form are built from.
 
 For window position (i, j) the view is `Xp[n, y*sh + i*dh, x*sw + j*dw, c]` over every output
 (y, x): a `lax.pad` (padding may be negative: it then crops) and a strided `lax.slice`, which
-XLA fuses into whatever consumes it, so the K views are never stored.
+XLA fuses into whatever consumes it, so the K views are never stored. The adjoint,
+`place_views`, puts each view back where it reads from: a strided `lax.pad` per position, summed,
+then cropped by the padding. No scatter: f32 scatter-add lowers to a slow compare-and-swap loop
+on CPU (jaxlib 0.10.2, openxla/xla#46225).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jcnn._args import IntPair, Pads, out_size
+from jcnn._validate import IntPair, Pads, out_size
 
 
 def window_views(x: jax.Array, window: IntPair, stride: IntPair, dilation: IntPair, pads: Pads,
@@ -28,3 +31,22 @@ def window_views(x: jax.Array, window: IntPair, stride: IntPair, dilation: IntPa
                       (n, i * dh + sh * (oh - 1) + 1, j * dw + sw * (ow - 1) + 1, c),
                       (1, sh, sw, 1))
             for i in range(window[0]) for j in range(window[1])]
+
+
+def place_views(parts: list[jax.Array], window: IntPair, stride: IntPair, pads: Pads,
+                in_hw: IntPair) -> jax.Array:
+    """The adjoint of `window_views` (dilation 1): part k (N, OH, OW, C) goes back to the input
+    positions that window position k reads; overlapping windows add up; the padding is cropped
+    off, and input rows no window reaches get zeros."""
+    (top, bottom), (left, right) = pads
+    hp, wp = in_hw[0] + top + bottom, in_hw[1] + left + right
+    (sh, sw), kw = stride, window[1]
+    total = None
+    for k, part in enumerate(parts):
+        i, j = divmod(k, kw)
+        oh, ow = part.shape[1:3]
+        placed = lax.pad(part, jnp.array(0, part.dtype),
+                         ((0, 0, 0), (i, hp - i - sh * (oh - 1) - 1, sh - 1),
+                          (j, wp - j - sw * (ow - 1) - 1, sw - 1), (0, 0, 0)))
+        total = placed if total is None else total + placed
+    return total[:, top:top + in_hw[0], left:left + in_hw[1]]

@@ -1,7 +1,8 @@
 """Element-wise activations with hand-derived backward rules.
 
 Each rule saves the least its backward needs: ReLU and leaky ReLU a boolean mask (one byte an
-element), sigmoid and tanh their output (their derivatives are functions of it), GELU its input.
+element; lowered for CPU, packed eight to a byte: `jcnn/forms/activation.py`), sigmoid and
+tanh their output (their derivatives are functions of it), GELU its input.
 """
 from __future__ import annotations
 
@@ -11,49 +12,54 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jcnn._args import is_real
-from jcnn._validate import flag_check, float_check
+from jcnn._validate import check_float, flag_check, is_real
+from jcnn.forms import activation as activation_forms
+from jcnn.forms import by_platform
 
 Array = jax.Array
 
 
 def relu(x: Array) -> Array:
-    """max(x, 0), any shape (NaN stays NaN, as in jax.nn.relu and PyTorch). dx = g where
-    x > 0, else 0 (0 at x == 0, as jax.nn.relu)."""
-    float_check(x, "relu")
-    return _leaky(0.0, x)
+    """max(x, 0), any shape (NaN stays NaN, as in jax.nn.relu and PyTorch). dx = 0 where
+    x <= 0 (0 at x == 0, as jax.nn.relu), else g."""
+    check_float("relu", x=x)
+    return _relu_like(0.0, x)
 
 
 def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
-    """x where x > 0, else negative_slope * x. dx = g where x > 0, else negative_slope * g."""
-    float_check(x, "leaky_relu")
+    """x where x > 0, else negative_slope * x. dx = negative_slope * g where x <= 0, else g."""
+    check_float("leaky_relu", x=x)
     if not is_real(negative_slope):
-        raise TypeError(f"leaky_relu: negative_slope must be a Python float, got {negative_slope!r}")
-    return _leaky(float(negative_slope), x)
+        raise TypeError("leaky_relu: negative_slope must be a Python float, "
+                        f"got {negative_slope!r}")
+    return _relu_like(float(negative_slope), x)
 
 
-def _scale_negative(slope: float, positive: Array, v: Array) -> Array:
-    """v where positive, else slope * v. A zero slope writes 0, not 0 * v: relu(-inf) = 0."""
-    return jnp.where(positive, v, slope * v if slope else jnp.zeros_like(v))
+def _relu_like(slope: float, x: Array) -> Array:
+    return by_platform(partial(_leaky, slope), activation_forms.leaky(slope, x, _scale_nonpositive),
+                       x)
 
 
-def _leaky_forward(slope: float, x: Array) -> Array:
-    """relu as max(x, 0), which keeps a NaN (a select on x > 0 wrote 0 there, hiding a diverged
-    run from the loss) and sends -inf to 0; leaky_relu's slope * x keeps NaN by itself."""
-    return jnp.maximum(x, jnp.zeros_like(x)) if slope == 0 else _scale_negative(slope, x > 0, x)
+def _scale_nonpositive(slope: float, nonpositive: Array, v: Array) -> Array:
+    """v, times slope where nonpositive. A zero slope writes 0, not 0 * v: relu(-inf) = 0."""
+    return jnp.where(nonpositive, slope * v if slope else jnp.zeros_like(v), v)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _leaky(slope: float, x: Array) -> Array:
-    return _leaky_forward(slope, x)
+    # on x <= 0, not on x > 0: NaN <= 0 is false, so a NaN stays NaN (a select on x > 0 wrote
+    # 0 there, hiding a diverged run from the loss)
+    return _scale_nonpositive(slope, x <= 0, x)
 
 
 def _leaky_fwd(slope, x):
-    return _leaky_forward(slope, x), x > 0  # a bool mask, not x: 1 byte an element
+    # y through the rule itself, so that second order differentiates it by this rule, not by
+    # autodiff of maximum (which splits the tie at x = 0 in half); a bool mask, 1 byte an element
+    return _leaky(slope, x), x <= 0
 
 
-def _leaky_bwd(slope, positive, g):
-    return (_scale_negative(slope, positive, g),)  # linear on each side of 0: the same map on g
+def _leaky_bwd(slope, nonpositive, g):
+    return (_scale_nonpositive(slope, nonpositive, g),)  # linear on each side of 0: the same map
 
 
 _leaky.defvjp(_leaky_fwd, _leaky_bwd)
@@ -83,13 +89,13 @@ _tanh = _from_output(jnp.tanh, lambda y: 1 - y * y)
 
 def sigmoid(x: Array) -> Array:
     """1 / (1 + exp(-x)). dx = g * y * (1 - y), y the output."""
-    float_check(x, "sigmoid")
+    check_float("sigmoid", x=x)
     return _sigmoid(x)
 
 
 def tanh(x: Array) -> Array:
     """tanh(x). dx = g * (1 - y^2), y the output."""
-    float_check(x, "tanh")
+    check_float("tanh", x=x)
     return _tanh(x)
 
 
@@ -101,7 +107,7 @@ def gelu(x: Array, approximate: bool = True) -> Array:
     approximate: dx = g * (t' x + (1 + t) / 2) with t = tanh(u), u = c (x + a x^3),
                  t' = (1 - t^2) c (1 + 3 a x^2) / 2
     """
-    float_check(x, "gelu")
+    check_float("gelu", x=x)
     # PyTorch's "none"/"tanh" would be truthy: only a bool is taken
     return _gelu(flag_check(approximate, "approximate", "gelu"), x)
 

@@ -12,6 +12,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from jcnn._sharding import alike
 from jcnn._validate import dense_check, flatten_check
 
 Array = jax.Array
@@ -21,6 +22,7 @@ def dense(x: Array, w: Array, b: Optional[Array] = None) -> Array:
     """x (..., in_features), w (in_features, out_features), b (out_features,) ->
     (..., out_features)."""
     dense_check(x, w, b)
+    x, w, b = alike(x, w, b)
     y = _matmul(x, w)
     return y if b is None else add_bias(y, b)
 

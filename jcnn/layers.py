@@ -7,7 +7,7 @@ Every layer is a `Layer(init, apply, name, layers)`:
 
 `params` are what the optimiser trains, `state` what the layer carries between calls (batch-norm
 running statistics); both are plain dicts of arrays, so `jax.tree_util`, optax and
-`jcnn.checkpoint` take them as they are. `train` picks batch statistics and dropout; `key` is
+`jcnn.train.checkpoint` take them as they are. `train` picks batch statistics and dropout; `key` is
 needed only by a training-mode dropout. `input_shape` includes the batch axis: `(N, H, W, C)`.
 `init` is traceable: `jax.jit(model.init, static_argnums=1)` draws every param in one compiled
 call instead of one small computation per array.
@@ -30,9 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-import jcnn
-from jcnn._args import pair
-from jcnn._validate import rate_check
+from jcnn import ops as hand_ops
+from jcnn._validate import pair, rate_check
 
 Params = dict
 State = dict
@@ -72,7 +71,7 @@ def _stateless(name: str, fn: Callable[[jax.Array], jax.Array]) -> Layer:
 
 
 def conv2d(out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, groups: int = 1,
-           bias: bool = True, ops: ModuleType = jcnn) -> Layer:
+           bias: bool = True, ops: ModuleType = hand_ops) -> Layer:
     """2-D convolution, NHWC in and out. params: `w` (kh, kw, C // groups, out_channels), HWIO,
     He-normal; `b` (out_channels,), zeros. `stride`/`padding`/`dilation` as in `jcnn.conv2d`."""
     kh, kw = pair(kernel_size, "kernel_size", "conv2d layer")
@@ -94,7 +93,7 @@ def conv2d(out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, g
     return Layer(init, apply, "conv2d")
 
 
-def dense(out_features: int, *, bias: bool = True, ops: ModuleType = jcnn) -> Layer:
+def dense(out_features: int, *, bias: bool = True, ops: ModuleType = hand_ops) -> Layer:
     """Fully connected, `(..., in_features) -> (..., out_features)`. params: `w`
     (in_features, out_features), He-normal; `b` (out_features,), zeros."""
     def init(key, input_shape):
@@ -108,49 +107,49 @@ def dense(out_features: int, *, bias: bool = True, ops: ModuleType = jcnn) -> La
     return Layer(init, apply, "dense")
 
 
-def relu(*, ops: ModuleType = jcnn) -> Layer:
+def relu(*, ops: ModuleType = hand_ops) -> Layer:
     return _stateless("relu", lambda x: ops.relu(x))
 
 
-def leaky_relu(negative_slope: float = 0.01, *, ops: ModuleType = jcnn) -> Layer:
+def leaky_relu(negative_slope: float = 0.01, *, ops: ModuleType = hand_ops) -> Layer:
     return _stateless("leaky_relu", lambda x: ops.leaky_relu(x, negative_slope))
 
 
-def gelu(approximate: bool = True, *, ops: ModuleType = jcnn) -> Layer:
+def gelu(approximate: bool = True, *, ops: ModuleType = hand_ops) -> Layer:
     return _stateless("gelu", lambda x: ops.gelu(x, approximate))
 
 
-def sigmoid(*, ops: ModuleType = jcnn) -> Layer:
+def sigmoid(*, ops: ModuleType = hand_ops) -> Layer:
     return _stateless("sigmoid", lambda x: ops.sigmoid(x))
 
 
-def tanh(*, ops: ModuleType = jcnn) -> Layer:
+def tanh(*, ops: ModuleType = hand_ops) -> Layer:
     return _stateless("tanh", lambda x: ops.tanh(x))
 
 
-def max_pool2d(window, stride=None, padding=0, *, ops: ModuleType = jcnn) -> Layer:
+def max_pool2d(window, stride=None, padding=0, *, ops: ModuleType = hand_ops) -> Layer:
     """`(N, H, W, C) -> (N, H', W', C)`, the maximum of each window; `stride=None` is `window`."""
     return _stateless("max_pool2d", lambda x: ops.max_pool2d(x, window, stride, padding))
 
 
 def avg_pool2d(window, stride=None, padding=0, count_include_pad: bool = True, *,
-               ops: ModuleType = jcnn) -> Layer:
+               ops: ModuleType = hand_ops) -> Layer:
     """`(N, H, W, C) -> (N, H', W', C)`, the mean of each window; `stride=None` is `window`."""
     return _stateless("avg_pool2d",
                       lambda x: ops.avg_pool2d(x, window, stride, padding, count_include_pad))
 
 
-def global_avg_pool2d(*, ops: ModuleType = jcnn) -> Layer:
+def global_avg_pool2d(*, ops: ModuleType = hand_ops) -> Layer:
     """`(N, H, W, C) -> (N, C)`."""
     return _stateless("global_avg_pool2d", lambda x: ops.global_avg_pool2d(x))
 
 
-def flatten(*, ops: ModuleType = jcnn) -> Layer:
+def flatten(*, ops: ModuleType = hand_ops) -> Layer:
     """`(N, ...) -> (N, prod(...))`."""
     return _stateless("flatten", lambda x: ops.flatten(x))
 
 
-def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5, ops: ModuleType = jcnn) -> Layer:
+def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5, ops: ModuleType = hand_ops) -> Layer:
     """Batch normalisation over every axis but the last (channels).
 
     params: `scale` (C,) ones, `bias` (C,) zeros. state: running `mean` (C,) and `var` (C,),
@@ -185,7 +184,7 @@ def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5, ops: ModuleType = jc
     return Layer(init, apply, "batch_norm")
 
 
-def dropout(rate: float, *, ops: ModuleType = jcnn) -> Layer:
+def dropout(rate: float, *, ops: ModuleType = hand_ops) -> Layer:
     """Inverted dropout in training (`key` required), the identity in evaluation."""
     rate = rate_check(rate, "dropout layer")  # now, not at the first training step
 

@@ -7,11 +7,13 @@ softmax_cross_entropy: L = -(1/N) sum_n y[n, label_n], N the number of labels:
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jcnn._validate import classes_check, float_check, labels_check
+from jcnn._validate import check_float, classes_check, labels_check
 
 Array = jax.Array
 
@@ -23,7 +25,7 @@ def _log_softmax(x: Array) -> Array:
 
 def log_softmax(x: Array) -> Array:
     """x (..., classes) -> log-probabilities of the same shape."""
-    float_check(x, "log_softmax")
+    check_float("log_softmax", x=x)
     classes_check(x, "log_softmax")
     return _log_softmax_op(x)
 
@@ -34,7 +36,7 @@ def _log_softmax_op(x: Array) -> Array:
 
 
 def _log_softmax_fwd(x):
-    y = _log_softmax(x)
+    y = _log_softmax_op(x)  # through the rule itself, so second order differentiates by it
     return y, y  # p = exp(y): saving y alone serves both
 
 
@@ -54,13 +56,13 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
 
 @jax.custom_vjp
 def _xent(logits: Array, labels: Array) -> Array:
-    return _xent_fwd(logits, labels)[0]
+    return -jnp.mean(jnp.take_along_axis(_log_softmax(logits), labels[..., None], axis=-1))
 
 
 def _xent_fwd(logits, labels):
-    y = _log_softmax(logits)
-    loss = -jnp.mean(jnp.take_along_axis(y, labels[..., None], axis=-1))
-    return loss, (y, labels)  # p = exp(y) and the labels: all the backward reads
+    # the loss through the rule itself, so second order differentiates it by this rule; XLA
+    # computes the log-softmax once for both
+    return _xent(logits, labels), (_log_softmax_op(logits), labels)  # p = exp(y), the labels
 
 
 def _xent_bwd(res, g):
@@ -68,10 +70,12 @@ def _xent_bwd(res, g):
     # class ids in int32: an iota in uint8 labels' own dtype wraps at 256 (class 261 == 5)
     onehot = labels[..., None].astype(jnp.int32) == lax.broadcasted_iota(jnp.int32, y.shape,
                                                                         y.ndim - 1)
-    # g * (1/N), not g / N: N itself overflows float16 from 65504 labels on (N = 0: dlogits is
-    # empty, any factor does). The labels are integers: None stands for their float0 cotangent,
-    # as custom_vjp allows.
-    return (jnp.exp(y) - onehot.astype(y.dtype)) * (g * (1 / max(labels.size, 1))), None
+    # g * (1/N) with 1/N in float32 at least, not g / N: N itself overflows float16 from 65504
+    # labels on; N as an array, since a symbolic batch makes it one (N = 0: dlogits is empty,
+    # any factor does). The labels are integers: None stands for their float0 cotangent.
+    acc = jnp.promote_types(y.dtype, jnp.float32)
+    n = jnp.maximum(jnp.asarray(math.prod(labels.shape), acc), 1)
+    return (jnp.exp(y) - onehot.astype(y.dtype)) * (g * (1 / n).astype(y.dtype)), None
 
 
 _xent.defvjp(_xent_fwd, _xent_bwd)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from types import ModuleType
 
-import jcnn
+from jcnn import ops as hand_ops
 from jcnn import layers as L
 
 
 def lenet(num_classes: int, *, channels: tuple[int, ...] = (16, 32),
-          hidden: tuple[int, ...] = (64,), ops: ModuleType = jcnn) -> L.Layer:
+          hidden: tuple[int, ...] = (64,), ops: ModuleType = hand_ops) -> L.Layer:
     """LeNet style: [conv 5x5 - relu - max-pool 2x2] per entry of `channels`, then dense-relu
     per entry of `hidden`, then a dense classifier. The convs pad by 2 ("same"), so only the
     pools shrink the image: 8x8 digits -> 2x2, 28x28 MNIST -> 7x7, 32x32 CIFAR -> 8x8.
@@ -29,7 +29,7 @@ def _conv_bn(channels: int, kernel: int, stride: int, ops: ModuleType) -> list[L
 
 
 def basic_block(in_channels: int, channels: int, stride: int, *,
-                ops: ModuleType = jcnn) -> L.Layer:
+                ops: ModuleType = hand_ops) -> L.Layer:
     """relu(conv-bn-relu-conv-bn (x) + shortcut(x)), 3x3 convs; the shortcut is the identity
     unless the block changes the shape, then a strided 1x1 conv-bn (He et al., 2016)."""
     body = L.serial(*_conv_bn(channels, 3, stride, ops), L.relu(ops=ops),
@@ -40,7 +40,7 @@ def basic_block(in_channels: int, channels: int, stride: int, *,
 
 
 def resnet(num_classes: int, depth: int = 20, *, width: int = 16,
-           ops: ModuleType = jcnn) -> L.Layer:
+           ops: ModuleType = hand_ops) -> L.Layer:
     """The CIFAR ResNet of He et al. (2016): a 3x3 conv-bn-relu stem of `width` channels, three
     stages of (depth - 2) / 6 basic blocks with width, 2*width, 4*width channels (the last two
     halve the image), global average pooling and a dense classifier. depth 8, 20, 32, ..."""

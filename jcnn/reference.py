@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn import _validate as v
-from jcnn._args import PaddingLike
+from jcnn._validate import PaddingLike
 
 Array = jax.Array
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -60,28 +60,28 @@ def dense(x: Array, w: Array, b: Optional[Array] = None) -> Array:
 
 
 def relu(x: Array) -> Array:
-    v.float_check(x, "relu")
+    v.check_float("relu", x=x)
     # gradient 0 at x == 0, as jax.nn.relu; NaN stays NaN
     return jnp.where((x > 0) | jnp.isnan(x), x, jnp.zeros_like(x))
 
 
 def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
-    v.float_check(x, "leaky_relu")
+    v.check_float("leaky_relu", x=x)
     return jnp.where(x > 0, x, negative_slope * x)
 
 
 def sigmoid(x: Array) -> Array:
-    v.float_check(x, "sigmoid")
+    v.check_float("sigmoid", x=x)
     return lax.logistic(x)  # a primitive with its own derivative: 1/(1+exp(-x)) overflows
 
 
 def tanh(x: Array) -> Array:
-    v.float_check(x, "tanh")
+    v.check_float("tanh", x=x)
     return jnp.tanh(x)
 
 
 def gelu(x: Array, approximate: bool = True) -> Array:
-    v.float_check(x, "gelu")
+    v.check_float("gelu", x=x)
     if approximate:
         c = jnp.sqrt(2 / jnp.pi).astype(x.dtype)
         return 0.5 * x * (1 + jnp.tanh(c * (x + 0.044715 * x ** 3)))
@@ -133,7 +133,7 @@ def dropout(x: Array, rate: float, key: Array) -> Array:
 
 
 def log_softmax(x: Array) -> Array:
-    v.float_check(x, "log_softmax")
+    v.check_float("log_softmax", x=x)
     v.classes_check(x, "log_softmax")
     shifted = x - lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))

@@ -52,7 +52,8 @@ def assert_matches_reference(f, ref, args, argnums, *, rtol=None, seed=0):
     np.testing.assert_allclose(np.asarray(y, np.float64), np.asarray(y_ref, np.float64),
                                rtol=rtol, atol=rtol)
     for i, a, b in zip(argnums, d, d_ref):
-        assert a.dtype == args[i].dtype, f"cotangent of arg {i} is {a.dtype}, primal {args[i].dtype}"
+        assert a.dtype == args[i].dtype, (f"cotangent of arg {i} is {a.dtype}, "
+                                          f"primal {args[i].dtype}")
         _close(a, b, rtol, f"argument {i}")
 
 
@@ -63,18 +64,21 @@ def _close(a, b, rtol, what):
 
 
 def assert_second_order_matches(f, ref, args, argnums, *, rtol=None, seed=1):
-    """The gradient of <vjp(f)(ct), u> w.r.t. the inputs equals the same for `ref`: reverse over
-    reverse through the hand rule agrees with autodiff of the pure forward (JAX #21220)."""
+    """The gradient of <y, c> + <vjp(f)(ct), u>, y = f(x) as the vjp computes it, w.r.t. all
+    the inputs jointly equals the same for `ref`: reverse over reverse through the hand rule,
+    the forward rule's output included (a rule whose forward computes y by autodiff-able ops
+    of its own, e.g. `jnp.maximum`, is differentiated by those at a tie, not by the rule),
+    agrees with autodiff of the pure forward (JAX #21220)."""
     rng = np.random.default_rng(seed)
     diff = [args[i] for i in argnums]
     out = jax.eval_shape(restrict(ref, args, argnums), *diff)
-    ct = jnp.asarray(rng.standard_normal(out.shape), out.dtype)
+    ct, c = (jnp.asarray(rng.standard_normal(out.shape), out.dtype) for _ in range(2))
     us = [jnp.asarray(rng.standard_normal(np.shape(a)), a.dtype) for a in diff]
 
     def scalar(fn):
         def s(*d):
-            _, pull = jax.vjp(restrict(fn, args, argnums), *d)
-            return sum(jnp.vdot(c, u) for c, u in zip(pull(ct), us))
+            y, pull = jax.vjp(restrict(fn, args, argnums), *d)
+            return jnp.vdot(y, c) + sum(jnp.vdot(g, u) for g, u in zip(pull(ct), us))
         return s
 
     every = tuple(range(len(diff)))
@@ -90,3 +94,9 @@ def assert_finite_differences(f, args, argnums, order=1):
     custom_vjp has no forward mode)."""
     check_grads(jax.jit(restrict(f, args, argnums)), [args[i] for i in argnums], order=order,
                 modes=["rev"], atol=1e-5, rtol=1e-5, eps=1e-6)
+
+
+def cpu_text(f, *args) -> str:
+    """f's StableHLO as lowered for CPU, whatever this host's default backend: the platform the
+    CPU forms (`jcnn/forms/`) are chosen for."""
+    return jax.jit(f).trace(*args).lower(lowering_platforms=("cpu",)).as_text()

@@ -10,7 +10,8 @@ import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
 import jcnn
-from jcnn import reference
+from jcnn import activation, reference
+from jcnn.forms import activation as activation_forms
 from gradcheck import (assert_finite_differences, assert_matches_reference,
                        assert_second_order_matches, tol)
 
@@ -18,15 +19,18 @@ X = jnp.asarray(np.random.default_rng(0).standard_normal((3, 7)))
 AT_ZERO = jnp.array([-2.0, 0.0, 0.0, 3.0])
 
 ACTIVATIONS = [  # (op, kwargs, derivative at exactly 0, what the forward saves for the backward)
-    pytest.param("relu", {}, 0.0, "bool[3,7] output of gt", id="relu"),
-    pytest.param("leaky_relu", {}, 0.01, "bool[3,7] output of gt", id="leaky-default"),
-    pytest.param("leaky_relu", {"negative_slope": 0.2}, 0.2, "bool[3,7] output of gt", id="leaky-0.2"),
-    pytest.param("leaky_relu", {"negative_slope": -0.5}, -0.5, "bool[3,7] output of gt",
+    pytest.param("relu", {}, 0.0, "bool[3,7] output of le", id="relu"),
+    pytest.param("leaky_relu", {}, 0.01, "bool[3,7] output of le", id="leaky-default"),
+    pytest.param("leaky_relu", {"negative_slope": 0.2}, 0.2, "bool[3,7] output of le",
+                 id="leaky-0.2"),
+    pytest.param("leaky_relu", {"negative_slope": -0.5}, -0.5, "bool[3,7] output of le",
                  id="leaky-negative-slope"),
     pytest.param("sigmoid", {}, 0.25, "f64[3,7] output of custom_vjp_call", id="sigmoid"),
     pytest.param("tanh", {}, 1.0, "f64[3,7] output of custom_vjp_call", id="tanh"),
-    pytest.param("gelu", {"approximate": True}, 0.5, "f64[3,7] from the argument x", id="gelu-tanh"),
-    pytest.param("gelu", {"approximate": False}, 0.5, "f64[3,7] from the argument x", id="gelu-erf"),
+    pytest.param("gelu", {"approximate": True}, 0.5, "f64[3,7] from the argument x",
+                 id="gelu-tanh"),
+    pytest.param("gelu", {"approximate": False}, 0.5, "f64[3,7] from the argument x",
+                 id="gelu-erf"),
 ]
 
 
@@ -54,9 +58,35 @@ def test_derivative_at_exactly_zero_follows_the_reference(name, kwargs, slope0, 
 
 @pytest.mark.parametrize("name, kwargs, slope0, saved", ACTIVATIONS)
 def test_forward_saves_the_least_the_backward_needs(name, kwargs, slope0, saved, capsys):
-    print_saved_residuals(ops(name, kwargs)[0], X)
+    """The plain rule's residuals; relu and leaky relu's CPU form packs the mask 8 to a byte."""
+    f = ops(name, kwargs)[0]
+    if name in ("relu", "leaky_relu"):
+        slope = 0.0 if name == "relu" else kwargs.get("negative_slope", 0.01)
+        print_saved_residuals(lambda x: activation._leaky(slope, x), X)
+        print_saved_residuals(activation_forms.leaky(slope, X, activation._scale_nonpositive), X)
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 2 and lines[0].startswith(saved), lines
+        assert lines[1].startswith("u8[3,1]"), lines  # 7 channels: one byte a row
+        return
+    print_saved_residuals(f, X)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 1 and lines[0].startswith(saved), lines
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, -0.5])
+def test_packed_mask_form_computes_the_plain_rule(slope):
+    """The CPU form against the plain rule, called directly (any host): values, gradients and
+    second order on exact zeros, NaN and infinities, 13 channels (two bytes, the last partial)."""
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((3, 2, 13)))
+    x = x.at[0, 0, :4].set(jnp.array([0.0, jnp.nan, jnp.inf, -jnp.inf]))
+    plain = partial(activation._leaky, slope)
+    form = activation_forms.leaky(slope, x, activation._scale_nonpositive)
+    np.testing.assert_array_equal(form(x), plain(x))
+    g = jnp.asarray(np.random.default_rng(5).standard_normal(x.shape))
+    np.testing.assert_array_equal(jax.vjp(form, x)[1](g)[0], jax.vjp(plain, x)[1](g)[0])
+    finite = jnp.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
+    assert_second_order_matches(form, partial(reference.leaky_relu, negative_slope=slope)
+                                if slope else reference.relu, (finite,), (0,))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float16, jnp.bfloat16])
@@ -105,12 +135,15 @@ BAD = [  # (id, op, args, kwargs, exception, words the message must contain)
     ("gelu-int", "gelu", (jnp.arange(3),), {}, TypeError, ["x", "floating"]),
     ("gelu-string", "gelu", (X,), {"approximate": "none"}, TypeError, ["approximate"]),
     ("leaky-int", "leaky_relu", (jnp.arange(3),), {}, TypeError, ["x", "floating"]),
-    ("leaky-slope-string", "leaky_relu", (X,), {"negative_slope": "0.1"}, TypeError, ["negative_slope"]),
-    ("leaky-slope-array", "leaky_relu", (X,), {"negative_slope": jnp.ones(2)}, TypeError, ["negative_slope"]),
+    ("leaky-slope-string", "leaky_relu", (X,), {"negative_slope": "0.1"}, TypeError,
+     ["negative_slope"]),
+    ("leaky-slope-array", "leaky_relu", (X,), {"negative_slope": jnp.ones(2)}, TypeError,
+     ["negative_slope"]),
 ]
 
 
-@pytest.mark.parametrize("op, args, kwargs, error, words", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+@pytest.mark.parametrize("op, args, kwargs, error, words", [c[1:] for c in BAD],
+                         ids=[c[0] for c in BAD])
 def test_bad_input_is_refused_naming_the_argument(op, args, kwargs, error, words):
     with pytest.raises(error, match=f"^{op}: ") as raised:
         getattr(jcnn, op)(*args, **kwargs)

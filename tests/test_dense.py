@@ -51,7 +51,8 @@ def test_dense_matches_the_loops(x_shape, bias):
     x, w, *b = dense_args(x_shape, bias=bias)
     g = arr(*x_shape[:-1], 3, seed=9)
     y, pull = jax.vjp(jcnn.dense, x, w, *b)
-    y_loops, *grads = naive.dense_backward(x, w, b[0] if b else None, g)
+    y_loops = naive.dense(x, w, b[0] if b else None)
+    grads = naive.dense_backward(g, x, w, b[0] if b else None)
     np.testing.assert_allclose(y, y_loops, rtol=1e-12, atol=1e-12)
     for got, want in zip(pull(g), grads):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
@@ -112,7 +113,8 @@ BAD = [  # (id, args, exception, words the message must contain); test_errors.py
     ("x-w-dtypes", (F32, jnp.zeros((5, 2), jnp.float64)), TypeError, ["dtype", "x", "w"]),
     ("b-dtype", (F32, jnp.zeros((5, 2), jnp.float32), jnp.zeros(2, jnp.float16)), TypeError, ["b"]),
     ("int-x", (F32.astype(jnp.int32), jnp.zeros((5, 2), jnp.int32)), TypeError, ["x", "floating"]),
-    ("b-rank2", (F32, jnp.zeros((5, 2), jnp.float32), jnp.zeros((1, 2), jnp.float32)), ValueError, ["b", "(2,)"]),
+    ("b-rank2", (F32, jnp.zeros((5, 2), jnp.float32), jnp.zeros((1, 2), jnp.float32)), ValueError,
+     ["b", "(2,)"]),
     ("w-rank3", (F32, jnp.zeros((5, 2, 1), jnp.float32)), ValueError, ["w", "rank 2"]),
 ]
 
@@ -124,7 +126,8 @@ def test_dense_refuses_bad_input_naming_the_argument(args, error, words):
     assert all(word in str(raised.value) for word in words), str(raised.value)
 
 
-@pytest.mark.parametrize("x_shape, w_shape", [((3, 0), (0, 4)), ((3, 2), (2, 0)), ((2, 3, 0), (0, 4))],
+@pytest.mark.parametrize("x_shape, w_shape",
+                         [((3, 0), (0, 4)), ((3, 2), (2, 0)), ((2, 3, 0), (0, 4))],
                          ids=["no-inputs", "no-outputs", "3d-no-inputs"])
 def test_zero_features_give_autodiff_s_gradients(x_shape, w_shape):
     """An empty feature axis: the backward's reshape(-1, 0) could not be resolved."""

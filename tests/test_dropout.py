@@ -11,11 +11,13 @@ from jax.ad_checkpoint import print_saved_residuals
 
 import jcnn
 from jcnn import reference
-from gradcheck import assert_finite_differences, assert_matches_reference, assert_second_order_matches
+from gradcheck import (assert_finite_differences, assert_matches_reference,
+                       assert_second_order_matches)
 
 X = jnp.asarray(np.random.default_rng(0).standard_normal((400, 50))) + 3.0  # mean far from 0
 RATES = [pytest.param(r, id=f"rate{r}") for r in (0.1, 0.5, 0.9)]
-KEYS = [pytest.param(jax.random.key, id="typed-key"), pytest.param(jax.random.PRNGKey, id="raw-key")]
+KEYS = [pytest.param(jax.random.key, id="typed-key"),
+        pytest.param(jax.random.PRNGKey, id="raw-key")]
 
 
 @pytest.mark.parametrize("make_key", KEYS)
@@ -80,7 +82,8 @@ def test_low_precision_keeps_the_dtype_and_the_reference_values(dtype, key):
     np.testing.assert_array_equal(y, reference.dropout(x, 0.3, key))
     dx = pull(jnp.ones_like(y))[0]
     assert y.dtype == dx.dtype == dtype
-    np.testing.assert_array_equal(dx, jax.grad(lambda x: jnp.sum(reference.dropout(x, 0.3, key)))(x))
+    np.testing.assert_array_equal(dx,
+                                  jax.grad(lambda x: jnp.sum(reference.dropout(x, 0.3, key)))(x))
 
 
 def test_under_jit_and_vmap_over_keys():

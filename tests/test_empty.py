@@ -2,7 +2,6 @@
 gradients equal autodiff's of jcnn.reference (an empty dx, zeros for the parameters): no
 ZeroDivisionError from a mean over no labels or a batch split into no parts."""
 from functools import partial
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +10,8 @@ import pytest
 
 import jcnn
 from jcnn import pool, reference
+from jcnn._validate import pool_config
+from jcnn.forms import pool as pool_forms
 from gradcheck import restrict
 
 f64 = jnp.float64
@@ -59,14 +60,14 @@ def test_an_empty_batch_through_each_op(name, specs, kw, argnums, rng):
                                  args, argnums)
 
 
-@pytest.mark.parametrize("method", ["argmax", "mask"])  # argmax on tiling windows: the bitmask
+@pytest.mark.parametrize("form", ["plain", "cpu"])  # cpu on tiling windows: the bitmask
 @pytest.mark.parametrize("window, stride, padding", [(2, None, 0), (3, 2, 1)])
-def test_an_empty_batch_through_each_max_pool_form(method, window, stride, padding, rng):
+def test_an_empty_batch_through_each_max_pool_form(form, window, stride, padding, rng):
     x = jnp.asarray(rng.standard_normal((0, 6, 6, 2)), f64)
-    with mock.patch.object(pool, "default_method", return_value=method):
-        assert_empty_and_as_autodiff(lambda x: jcnn.max_pool2d(x, window, stride, padding),
-                                     lambda x: reference.max_pool2d(x, window, stride, padding),
-                                     [x], (0,))
+    cfg = pool_config(x, window, stride, padding, "max_pool2d")
+    rule = partial(pool._max_pool if form == "plain" else pool_forms._argmax_pool, cfg)
+    assert_empty_and_as_autodiff(rule, lambda x: reference.max_pool2d(x, window, stride, padding),
+                                 [x], (0,))
 
 
 def test_an_empty_batch_through_the_loss_is_nan_as_in_autodiff_and_its_gradient_empty(rng):

@@ -1,5 +1,8 @@
 """The functional layer API: init/apply contracts, param naming, the ops switch, batch-norm
 state, dropout modes and the two models' shapes."""
+import ast
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -172,3 +175,14 @@ def test_batch_norm_layer_on_an_empty_batch_keeps_its_running_statistics(key):
     params, state = bn.init(key, (2, 4, 4, 0))
     y, _ = bn.apply(params, state, jnp.zeros((2, 4, 4, 0), jnp.float32), train=True)
     assert y.shape == (2, 4, 4, 0)
+
+
+def test_layers_and_models_take_their_default_ops_from_jcnn_ops_not_the_package():
+    """`import jcnn` in layers.py or models.py would hand them the half-initialised package
+    while jcnn/__init__.py runs, so they would depend on the order of its imports."""
+    for module in (L, models):
+        tree = ast.parse(inspect.getsource(module))
+        bare = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Import)
+                and any(a.name == "jcnn" for a in n.names)]
+        assert not bare, f"{module.__name__} imports the jcnn package at lines {bare}"
+    assert L.relu.__kwdefaults__["ops"] is jcnn.ops

@@ -59,7 +59,8 @@ def test_cross_entropy_matches_autodiff_and_finite_differences(shape):
 def test_cross_entropy_matches_the_loops(shape):
     logits, ids = xent_args(shape)
     loss, pull = jax.vjp(lambda z: jcnn.softmax_cross_entropy(z, ids), logits)
-    loss_loops, d = naive.softmax_cross_entropy_backward(logits, ids, 0.7)
+    loss_loops = naive.softmax_cross_entropy(logits, ids)
+    d, _ = naive.softmax_cross_entropy_backward(0.7, logits, ids)
     np.testing.assert_allclose(loss, loss_loops, rtol=1e-12)
     np.testing.assert_allclose(pull(jnp.asarray(0.7))[0], d, rtol=1e-12, atol=1e-15)
 
@@ -141,15 +142,20 @@ def test_under_jit_vmap_and_vmap_of_grad():
 F32 = jnp.zeros((3, 5), jnp.float32)
 IDS = jnp.zeros(3, jnp.int32)
 BAD = [  # (id, op, args, exception, words the message must contain); more in test_errors.py
-    ("float-labels", "softmax_cross_entropy", (F32, IDS.astype(jnp.float32)), TypeError, ["labels", "integer"]),
-    ("bool-labels", "softmax_cross_entropy", (F32, IDS.astype(bool)), TypeError, ["labels", "integer"]),
-    ("labels-shape-NT", "softmax_cross_entropy", (jnp.zeros((2, 3, 5)), jnp.zeros((2, 4), int)), ValueError, ["labels", "(2, 3)"]),
-    ("labels-one-hot", "softmax_cross_entropy", (F32, jnp.zeros((3, 5), jnp.int32)), ValueError, ["labels", "(3,)"]),
+    ("float-labels", "softmax_cross_entropy", (F32, IDS.astype(jnp.float32)), TypeError,
+     ["labels", "integer"]),
+    ("bool-labels", "softmax_cross_entropy", (F32, IDS.astype(bool)), TypeError,
+     ["labels", "integer"]),
+    ("labels-shape-NT", "softmax_cross_entropy", (jnp.zeros((2, 3, 5)), jnp.zeros((2, 4), int)),
+     ValueError, ["labels", "(2, 3)"]),
+    ("labels-one-hot", "softmax_cross_entropy", (F32, jnp.zeros((3, 5), jnp.int32)), ValueError,
+     ["labels", "(3,)"]),
     ("labels-negative", "softmax_cross_entropy", (F32, IDS - 1), ValueError, ["labels", "[0, 5)"]),
     ("logits-scalar", "softmax_cross_entropy", (jnp.float32(0), IDS), ValueError, ["logits"]),
     ("log_softmax-scalar", "log_softmax", (jnp.float32(0),), ValueError, ["x", "class axis"]),
     ("log_softmax-int", "log_softmax", (IDS,), TypeError, ["x", "floating"]),
-    ("log_softmax-no-classes", "log_softmax", (jnp.zeros((2, 0)),), ValueError, ["x", "no classes"]),
+    ("log_softmax-no-classes", "log_softmax", (jnp.zeros((2, 0)),), ValueError,
+     ["x", "no classes"]),
     ("logits-no-classes", "softmax_cross_entropy", (jnp.zeros((2, 0)), IDS[:2]), ValueError,
      ["logits", "no classes", "(2, 0)"]),
 ]

@@ -12,6 +12,7 @@ from hypothesis import given, strategies as st
 
 import jcnn
 from jcnn import naive, pool, reference
+from jcnn.forms import pool as pool_forms
 from jcnn._validate import pool_config
 from gradcheck import (assert_finite_differences, assert_matches_reference,
                        assert_second_order_matches, pulled)
@@ -36,14 +37,17 @@ def distinct(shape, seed=0):
     return jnp.asarray(np.random.default_rng(seed).permutation(n).reshape(shape) / n)
 
 
-def max_with(method, kwargs):
+FORMS = ["plain", "cpu"]  # pool._max_pool, the mask rule; forms/pool.py's bits or index
+
+
+def max_with(form, kwargs):
     def f(x):
         cfg = pool_config(x, kwargs["window"], kwargs.get("stride"), kwargs.get("padding", 0), "t")
-        return pool._max_pool(cfg, method, x)
+        return (pool._max_pool if form == "plain" else pool_forms._argmax_pool)(cfg, x)
     return f
 
 
-@pytest.mark.parametrize("method", ["argmax", "mask"])
+@pytest.mark.parametrize("method", FORMS)
 @pytest.mark.parametrize("_, shape, kwargs", CONFIGS, ids=IDS)
 def test_max_pool_three_ways(method, _, shape, kwargs):
     x = distinct(shape)
@@ -51,20 +55,20 @@ def test_max_pool_three_ways(method, _, shape, kwargs):
     assert_matches_reference(f, ref, (x,), (0,))
     assert_finite_differences(f, (x,), (0,))
     g = np.random.default_rng(1).standard_normal(jax.eval_shape(ref, x).shape)
-    y_loops, dx_loops = naive.max_pool2d_backward(x, g, **kwargs)
+    y_loops, (dx_loops,) = naive.max_pool2d(x, **kwargs), naive.max_pool2d_backward(g, x, **kwargs)
     y, (dx,) = pulled(f, jnp.asarray(g), x)
     np.testing.assert_allclose(y, y_loops, rtol=1e-12)
     np.testing.assert_allclose(dx, dx_loops, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["argmax", "mask"])
+@pytest.mark.parametrize("method", FORMS)
 @pytest.mark.parametrize("_, shape, kwargs", CONFIGS[:3], ids=IDS[:3])
 def test_max_pool_second_order(method, _, shape, kwargs):
     f, ref = max_with(method, kwargs), lambda x: reference.max_pool2d(x, **kwargs)
     assert_second_order_matches(f, ref, (distinct(shape),), (0,))
 
 
-@pytest.mark.parametrize("method", ["argmax", "mask"])
+@pytest.mark.parametrize("method", FORMS)
 @pytest.mark.parametrize("_, shape, kwargs", CONFIGS[:5], ids=IDS[:5])
 def test_max_pool_hessian_through_the_pooled_value(method, _, shape, kwargs):
     """grad of <grad(sum(cos(pool(x)))), u>: the inner gradient depends on the pooled value, so
@@ -76,10 +80,11 @@ def test_max_pool_hessian_through_the_pooled_value(method, _, shape, kwargs):
         inner = jax.grad(lambda x: jnp.sum(jnp.cos(pool_fn(x))))
         return jax.grad(lambda x: jnp.vdot(inner(x), u))(x)
     np.testing.assert_allclose(hvp(max_with(method, kwargs)),
-                               hvp(lambda x: reference.max_pool2d(x, **kwargs)), rtol=1e-12, atol=1e-12)
+                               hvp(lambda x: reference.max_pool2d(x, **kwargs)),
+                               rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["argmax", "mask"])
+@pytest.mark.parametrize("method", FORMS)
 @pytest.mark.parametrize("kwargs", [dict(window=3, stride=2, padding=1), dict(window=2),
                                     dict(window=(2, 3), padding=((1, 0), (0, 2)))],
                          ids=["overlapping", "tiles", "tiles-padded"])
@@ -90,15 +95,16 @@ def test_max_pool_hessian_through_the_pooled_value(method, _, shape, kwargs):
 def test_ties_go_to_the_first_maximum_once(method, kwargs, x):
     f = max_with(method, kwargs)
     dx = jax.grad(lambda x: jnp.sum(f(x)))(x)
-    _, dx_loops = naive.max_pool2d_backward(x, np.ones(jax.eval_shape(f, x).shape), **kwargs)
+    (dx_loops,) = naive.max_pool2d_backward(np.ones(jax.eval_shape(f, x).shape), x, **kwargs)
     np.testing.assert_array_equal(dx, dx_loops)
-    np.testing.assert_array_equal(dx, jax.grad(lambda x: jnp.sum(reference.max_pool2d(x, **kwargs)))(x))
+    np.testing.assert_array_equal(
+        dx, jax.grad(lambda x: jnp.sum(reference.max_pool2d(x, **kwargs)))(x))
     assert float(jnp.sum(dx)) == f(x).size  # each window's gradient lands exactly once
 
 
 def test_windows_reaching_into_minus_inf_padding():
     x = -distinct((1, 3, 3, 1)) - 5.0  # all negative: padding must lose to every real value
-    for method in ("argmax", "mask"):
+    for method in FORMS:
         y = max_with(method, dict(window=2, stride=1, padding=1))(x)
         assert bool(jnp.all(jnp.isfinite(y)))
         assert_matches_reference(max_with(method, dict(window=2, stride=1, padding=1)),
@@ -114,7 +120,7 @@ def _with_nans(shape):
     return jnp.asarray(x)
 
 
-@pytest.mark.parametrize("method", ["argmax", "mask"])
+@pytest.mark.parametrize("method", FORMS)
 @pytest.mark.parametrize("kwargs", [dict(window=3, stride=2, padding=1), dict(window=2),
                                     dict(window=(2, 3), padding=((1, 0), (0, 2))),
                                     dict(window=6, padding=(0, 2)), dict(window=2, stride=1)],
@@ -130,9 +136,9 @@ def test_nan_and_minus_inf_inputs_route_as_the_loops_in_every_form(method, kwarg
     other windows, NaNs beside them, route as the loops do."""
     x = make((1, 8, 7, 2))
     f = max_with(method, kwargs)
-    y_loops, _ = naive.max_pool2d_backward(np.asarray(x), np.zeros(jax.eval_shape(f, x).shape), **kwargs)
+    y_loops = naive.max_pool2d(np.asarray(x), **kwargs)
     g = np.where(np.isnan(y_loops), 0.0, np.random.default_rng(1).standard_normal(y_loops.shape))
-    _, dx_loops = naive.max_pool2d_backward(np.asarray(x), g, **kwargs)
+    (dx_loops,) = naive.max_pool2d_backward(g, np.asarray(x), **kwargs)
     y, (dx,) = pulled(f, jnp.asarray(g), x)
     np.testing.assert_array_equal(y, y_loops)
     assert np.isnan(y_loops).any() == np.isnan(np.asarray(x)).any()
@@ -152,9 +158,9 @@ def test_nan_and_minus_inf_inputs_route_as_the_loops_in_every_form(method, kwarg
 def test_argmax_residual_is_small(window, stride, padding, saved):
     x = distinct((2, 12, 12, 3)).astype(jnp.float32)
     cfg = pool_config(x, window, stride, padding, "t")
-    y, (res, shape) = pool._max_pool_fwd(cfg, "argmax", x)
-    assert res.dtype == saved and res.shape == y.shape and shape == x.shape
-    assert pool._index_dtype(128) == jnp.int16
+    y, (res, in_hw) = pool_forms._argmax_pool_fwd(cfg, x)
+    assert res.dtype == saved and res.shape == y.shape and in_hw == x.shape[1:3]
+    assert pool_forms._index_dtype(128) == jnp.int16
 
 
 def test_an_index_past_127_positions_is_int16_and_routes_as_the_loops():
@@ -162,17 +168,17 @@ def test_an_index_past_127_positions_is_int16_and_routes_as_the_loops():
     an int8 index would wrap at 143."""
     x, kwargs = jnp.arange(169.0).reshape(1, 13, 13, 1), dict(window=12, stride=1)
     cfg = pool_config(x, 12, 1, 0, "t")
-    saved = jax.eval_shape(lambda x: pool._max_pool_fwd(cfg, "argmax", x), x)[1]  # no compile
+    saved = jax.eval_shape(lambda x: pool_forms._argmax_pool_fwd(cfg, x), x)[1]  # no compile
     assert saved[0].dtype == jnp.int16
     g = np.random.default_rng(1).standard_normal((1, 2, 2, 1))
-    _, (dx,) = pulled(max_with("argmax", kwargs), jnp.asarray(g), x)
-    np.testing.assert_array_equal(dx, naive.max_pool2d_backward(x, g, **kwargs)[1])
+    _, (dx,) = pulled(max_with("cpu", kwargs), jnp.asarray(g), x)
+    np.testing.assert_array_equal(dx, naive.max_pool2d_backward(g, x, **kwargs)[0])
 
 
 def test_tiles_bitmask_holds_every_maximum():
     x = jnp.asarray([[3., 1.], [3., 3.]]).reshape(1, 2, 2, 1)  # positions 0, 2 and 3 hold the max
     cfg = pool_config(x, 2, None, 0, "t")
-    _, (bits, _) = pool._max_pool_fwd(cfg, "argmax", x)
+    _, (bits, _) = pool_forms._argmax_pool_fwd(cfg, x)
     assert int(bits[0, 0, 0, 0]) == 0b1101
     np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(jcnn.max_pool2d(x, 2)))(x)[0, :, :, 0],
                                   [[1., 0.], [0., 0.]])  # its lowest bit: the first maximum
@@ -185,7 +191,8 @@ def test_tiles_bitmask_is_stored_not_recomputed():
     g = jnp.ones((2, 3, 3, 3), jnp.float32)
     step = jax.jit(lambda x, g: jax.vjp(lambda x: jcnn.max_pool2d(jcnn.relu(x), 2), x)[1](g)[0])
     hlo = step.lower(x, g).compile().as_text()
-    assert re.search(r"u8\[2,3,3,3\]\{[^}]*\}\)? fusion\(", hlo), "the bitmask is not a stored buffer"
+    assert re.search(r"u8\[2,3,3,3\]\{[^}]*\}\)? fusion\(", hlo), \
+        "the bitmask is not a stored buffer"
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -195,31 +202,29 @@ def test_tiles_reduction_runs_in_float32_with_the_same_values(dtype):
     narrowed back, exact since each is one of the inputs; the bits are those of float32."""
     x = distinct((2, 6, 8, 3)).astype(dtype)
     cfg = pool_config(x, 2, None, 0, "t")
-    y, bits = pool._max_and_bits(cfg, x)
-    y32, bits32 = pool._max_and_bits(cfg, x.astype(jnp.float32))
+    y, bits = pool_forms._max_and_bits(cfg, x)
+    y32, bits32 = pool_forms._max_and_bits(cfg, x.astype(jnp.float32))
     assert y.dtype == dtype
     np.testing.assert_array_equal(y, y32.astype(dtype))
     np.testing.assert_array_equal(bits, bits32)
-    reduce = [line for line in jax.jit(partial(pool._max_and_bits, cfg)).lower(x).as_text()
+    reduce = [line for line in jax.jit(partial(pool_forms._max_and_bits, cfg)).lower(x).as_text()
               .splitlines() if "stablehlo.reduce" in line]
     assert len(reduce) == 1 and "xf32>" in reduce[0] and "bf16" not in reduce[0] \
         and "xf16" not in reduce[0], reduce
 
 
-@pytest.mark.parametrize("method", ["argmax", "mask"])
+@pytest.mark.parametrize("method", FORMS)
 def test_compiled_backward_has_no_scatter(method):
     f = max_with(method, dict(window=3, stride=2, padding=1))
-    hlo = jax.jit(jax.grad(lambda x: jnp.sum(f(x)))).lower(distinct((2, 7, 7, 2))).compile().as_text()
+    hlo = (jax.jit(jax.grad(lambda x: jnp.sum(f(x)))).lower(distinct((2, 7, 7, 2)))
+           .compile().as_text())
     assert re.search(r" pad\(", hlo)  # the placement is strided pads
     assert not re.search(r"(select-and-)?scatter\(", hlo)  # an instruction, not a name
 
 
-def test_default_method_per_backend():
-    assert pool.default_method() == ("argmax" if jax.default_backend() == "cpu" else "mask")
-
-
 @pytest.mark.parametrize("include", [True, False], ids=["count-pad", "exclude-pad"])
-@pytest.mark.parametrize("_, shape, kwargs", [c for c in CONFIGS if c[0] != "window-as-padded-input"],
+@pytest.mark.parametrize("_, shape, kwargs",
+                         [c for c in CONFIGS if c[0] != "window-as-padded-input"],
                          ids=[i for i in IDS if i != "window-as-padded-input"])
 def test_avg_pool_three_ways(include, _, shape, kwargs):
     x = distinct(shape)
@@ -229,7 +234,8 @@ def test_avg_pool_three_ways(include, _, shape, kwargs):
     assert_second_order_matches(f, ref, (x,), (0,))
     assert_finite_differences(f, (x,), (0,))
     g = np.random.default_rng(2).standard_normal(jax.eval_shape(ref, x).shape)
-    y_loops, dx_loops = naive.avg_pool2d_backward(x, g, **kwargs, count_include_pad=include)
+    y_loops = naive.avg_pool2d(x, **kwargs, count_include_pad=include)
+    (dx_loops,) = naive.avg_pool2d_backward(g, x, **kwargs, count_include_pad=include)
     np.testing.assert_allclose(f(x), y_loops, rtol=1e-12)
     np.testing.assert_allclose(pulled(f, jnp.asarray(g), x)[1][0], dx_loops, rtol=1e-12, atol=1e-15)
 
@@ -258,7 +264,9 @@ def test_half_precision_average_pools_are_summed_in_float32(rng):
     y, pull = pool(x)
     want = np.asarray(x, np.float64).mean(axis=(1, 2))
     np.testing.assert_allclose(np.asarray(y[:, 0, 0], np.float64), want, rtol=2 ** -8)
-    np.testing.assert_array_equal(y[:, 0, 0], jcnn.global_avg_pool2d(x))
+    # two reductions of the same values in two orders: equal up to one rounding of the result
+    np.testing.assert_allclose(np.asarray(y[:, 0, 0], np.float64),
+                               np.asarray(jcnn.global_avg_pool2d(x), np.float64), rtol=2 ** -8)
     dx = pull(jnp.ones((8, 1, 1, 4), jnp.bfloat16))[0]
     np.testing.assert_array_equal(dx, jnp.asarray(1 / 81, jnp.bfloat16))
 
@@ -271,17 +279,20 @@ def test_count_include_pad_must_be_a_bool(op, flag):
         op(jnp.ones((1, 4, 4, 1)), 2, 1, 1, count_include_pad=flag)
 
 
-@pytest.mark.parametrize("op", [lambda x: jcnn.max_pool2d(x, 2), lambda x: jcnn.avg_pool2d(x, 3, 1, 1),
+@pytest.mark.parametrize("op", [lambda x: jcnn.max_pool2d(x, 2),
+                                lambda x: jcnn.avg_pool2d(x, 3, 1, 1),
                                 jcnn.global_avg_pool2d], ids=["max", "avg", "global"])
 def test_jit_vmap_and_vmap_of_grad(op):
     xs = distinct((3, 2, 4, 4, 2))
     loss = lambda x: jnp.sum(op(x) ** 2)
     np.testing.assert_allclose(jax.jit(op)(xs[0]), op(xs[0]))
     np.testing.assert_allclose(jax.vmap(op)(xs), jnp.stack([op(x) for x in xs]))
-    np.testing.assert_allclose(jax.vmap(jax.grad(loss))(xs), jnp.stack([jax.grad(loss)(x) for x in xs]))
+    np.testing.assert_allclose(jax.vmap(jax.grad(loss))(xs),
+                               jnp.stack([jax.grad(loss)(x) for x in xs]))
 
 
-@pytest.mark.parametrize("dtype, rtol", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2), (jnp.float16, 1e-3)])
+@pytest.mark.parametrize("dtype, rtol",
+                         [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2), (jnp.float16, 1e-3)])
 @pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
 def test_low_precision_matches_float64(dtype, rtol, op):
     x = distinct((2, 6, 6, 2))
@@ -295,7 +306,7 @@ def test_low_precision_matches_float64(dtype, rtol, op):
 
 @given(h=st.integers(1, 7), w=st.integers(1, 7), kh=st.integers(1, 3), kw=st.integers(1, 3),
        sh=st.integers(1, 3), sw=st.integers(1, 3), top=st.integers(0, 2), left=st.integers(0, 2),
-       method=st.sampled_from(["argmax", "mask"]))
+       method=st.sampled_from(FORMS))
 def test_random_configs_match_the_loops(h, w, kh, kw, sh, sw, top, left, method):
     kwargs = dict(window=(kh, kw), stride=(sh, sw), padding=((top, 0), (left, 1)))
     if kh > h + top or kw > w + left + 1:
@@ -303,5 +314,5 @@ def test_random_configs_match_the_loops(h, w, kh, kw, sh, sw, top, left, method)
     x = distinct((1, h, w, 2))
     f = max_with(method, kwargs)
     g = np.random.default_rng(4).standard_normal(jax.eval_shape(f, x).shape)
-    _, dx_loops = naive.max_pool2d_backward(x, g, **kwargs)
+    (dx_loops,) = naive.max_pool2d_backward(g, x, **kwargs)
     np.testing.assert_allclose(pulled(f, jnp.asarray(g), x)[1][0], dx_loops, atol=1e-12)

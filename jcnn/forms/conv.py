@@ -1,0 +1,202 @@
+"""CPU forms of the convolution's three maps (`jcnn/conv.py`: `_conv2d` the forward, `_conv2d_dx`
+the input gradient, `_conv2d_dw` the filter gradient).
+
+Each chooser (`forward`, `input_gradient`, `filter_gradient`) returns the form that applies to
+the given shapes, or None where the plain rule stays; `jcnn.forms.by_platform` uses it where the
+computation is lowered for CPU. The forms split or pad the batch, so they take a static batch
+only (under a symbolic one the plain rule runs). `benchmarks/conv_forms.py`, `dw_forms.py`
+and `cpu_forms.py` measure each against the plain rule.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jcnn._windows import window_views
+from jcnn.forms import static_batch
+
+Array = jax.Array
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def forward(cfg, x: Array, w: Array, plain: Callable) -> Optional[Callable]:
+    """The CPU form of y = conv2d(x, w) (HWIO w) for these shapes, or None."""
+    if not static_batch(x):
+        return None
+    if _taps_pay(x, w):
+        return partial(_tap_sum, cfg)
+    if _rows_pay(cfg, x, w.shape):
+        return lambda x, w: _by_kernel_rows(x, w, cfg.pads)
+    if _eight_channels_pay(cfg, x, w):
+        return partial(_eight_channels, plain)
+    return None
+
+
+def input_gradient(cfg, g: Array, hwoi: Array, pads) -> Optional[Callable]:
+    """The CPU form of dx, the correlation of the cotangent g with the flipped kernel `hwoi`
+    (HWOI: its O axis is dx's channels) padded by `pads`, or None."""
+    kh, kw, c, o = hwoi.shape
+    if static_batch(g) and _rows_pay(cfg, g, (kh, kw, o, c)):
+        return lambda g, hwoi: _by_kernel_rows(g, jnp.swapaxes(hwoi, 2, 3), pads)
+    return None
+
+
+def filter_gradient(cfg, x: Array, g: Array, kernel_hw, plain: Callable) -> Optional[Callable]:
+    """The CPU form of dw from x and the cotangent g, or None. `plain(x, g, acc)` is the plain
+    rule with its products summed in `acc`."""
+    if not static_batch(x):
+        return None
+    if kernel_hw == (1, 1) and cfg.groups == 1:
+        return partial(_one_by_one_dw, cfg)
+    if x.shape[0] > DW_CHUNK:
+        return partial(_chunked_dw, plain)
+    return None
+
+
+def _taps_pay(x: Array, w: Array) -> bool:
+    """One input channel, at most 1024 taps x outputs: XLA:CPU's convolution takes a slow generic
+    path for C = 1, where the tap sum is one fused loop."""
+    kh, kw, _, o = w.shape  # x's own channels: a depthwise w has 1 input channel too
+    return x.shape[3] == 1 and kh * kw * o <= 1024
+
+
+def _rows_pay(cfg, x: Array, hwio_shape) -> bool:
+    """Ungrouped, stride and dilation 1, kh > 1, from >= 8 channels into 3 to 7, x of >= 196
+    pixels: XLA:CPU extracts kh*kw*C values per output pixel whatever O is, kernel rows kw*C."""
+    kh, _, c, o = hwio_shape
+    return (cfg.groups == 1 and cfg.stride == cfg.dilation == (1, 1) and kh > 1 and c >= 8
+            and 3 <= o <= 7 and x.shape[1] * x.shape[2] >= 196)
+
+
+def _eight_channels_pay(cfg, x: Array, w: Array) -> bool:
+    """Ungrouped, 3 to 7 input channels into at most 16: XLA:CPU's convolution runs faster on
+    the input padded to 8 zero channels."""
+    return cfg.groups == 1 and 3 <= x.shape[3] < 8 and w.shape[3] <= 16
+
+
+DW_CHUNK, DW_CHUNKS = 16, 4
+"""Images per filter-gradient convolution, and the most convolutions: XLA:CPU's filter-gradient
+convolution slows down faster than the batch it contracts grows, so above 16 images dW is
+summed over chunks of 16 images, or 4 chunks above 64 (so what XLA compiles stays the same
+however large the batch)."""
+
+
+def _eight_channels(plain: Callable, x: Array, w: Array) -> Array:
+    extra = ((0, 0), (0, 0), (0, 8 - x.shape[3]))  # zero channels add nothing to the sum
+    return plain(jnp.pad(x, ((0, 0), *extra)), jnp.pad(w, (*extra, (0, 0))))
+
+
+def _tap_sum(cfg, x: Array, w: Array, parts: int = 2) -> Array:
+    """The forward with one input channel as a sum over the kernel's taps,
+    Y = sum_{i,j} Xp_ij * W[i,j,0,:], Xp_ij the (N, OH, OW, 1) view tap (i, j) reads of x
+    padded with zeros. A tap's product is kept only at the outputs whose read lies inside the
+    input (`_reads_inside`): so a NaN or inf in W reaches the outputs it reaches in the plain
+    convolution, never through the padding's zeros (0 * NaN). Accumulated in float32 at least,
+    as the convolution does.
+
+    Y is computed over at most `parts` slices of the batch and concatenated, so that it is one
+    stored buffer (as a plain expression XLA fused it into each of its consumers and recomputed
+    it there) that XLA splits across the cores (two slices keep what it compiles small); a
+    half-precision x goes through a `fori_loop` over the slices, narrowed after it (fused into
+    the concatenation, the narrowing slowed the tap sum down)."""
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    kh, kw, _, o = w.shape
+    taps = w.astype(acc).reshape(kh * kw, 1, 1, 1, o)
+    out_hw = tuple((n + lo + hi - d * (k - 1) - 1) // s + 1 for n, k, s, d, (lo, hi) in
+                   zip(x.shape[1:3], (kh, kw), cfg.stride, cfg.dilation, cfg.pads))
+
+    def tap_sum(xs):
+        views = window_views(xs, (kh, kw), cfg.stride, cfg.dilation, cfg.pads, 0)
+        total = None
+        for k, (view, tap) in enumerate(zip(views, taps)):
+            product = view * tap
+            inside = _reads_inside(cfg, x.shape[1:3], out_hw, divmod(k, kw))
+            if inside is not None:
+                product = jnp.where(inside, product, jnp.zeros((), acc))
+            total = product if total is None else total + product
+        return total
+
+    n = x.shape[0]
+    if n == 0:  # an empty batch: no slices to make
+        return tap_sum(x.astype(acc)).astype(x.dtype)
+    size = -(-n // min(parts, n))
+    if x.dtype == acc:
+        return jnp.concatenate([tap_sum(x[k:k + size]) for k in range(0, n, size)])
+    return batch_loop(tap_sum, x.astype(acc), size).astype(x.dtype)
+
+
+def _reads_inside(cfg, in_hw, out_hw, ij) -> Optional[Array]:
+    """(1, OH, OW, 1) bool: the outputs whose tap (i, j) reads y*s + i*d - top inside the input,
+    from iotas (XLA fuses them into the sum); None where every output's does."""
+    shape, inside = (1, *out_hw, 1), None
+    for axis, (n, o, s, d, (lo, _), i) in enumerate(zip(in_hw, out_hw, cfg.stride, cfg.dilation,
+                                                        cfg.pads, ij)):
+        first = -(-(lo - i * d) // s)  # the first y with y*s + i*d - lo >= 0
+        last = (n - 1 + lo - i * d) // s  # the last with it < n
+        if first <= 0 and last >= o - 1:
+            continue
+        y = lax.broadcasted_iota(jnp.int32, shape, axis + 1)
+        here = (y >= first) & (y <= last)
+        inside = here if inside is None else inside & here
+    return inside
+
+
+def _by_kernel_rows(x: Array, w: Array, pads) -> Array:
+    """The stride-1 undilated convolution of x with the HWIO kernel w as a 1 x kw convolution
+    into kh*O channels, one group of O per kernel row i, over every padded row r:
+        Z[n, r, x, i, o] = sum_{j,c} Xp[n, r, x + j, c] W[i, j, c, o],
+    then Y[n, y, x, o] = sum_i Z[n, y + i, x, i, o]: kh shifted rows summed (in float32 at
+    least, as the convolution accumulates). Z is kh times Y: above 128 images it is made 32
+    images at a time in a loop, which keeps it under the allocator's mmap threshold."""
+    kh, kw, c, o = w.shape
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    rows = jnp.transpose(w, (1, 2, 0, 3)).reshape(1, kw, c, kh * o)
+
+    def rows_summed(xs):
+        z = lax.conv_general_dilated(xs, rows, (1, 1), pads, dimension_numbers=_NHWC,
+                                     preferred_element_type=acc)
+        z = z.reshape(*z.shape[:3], kh, o)
+        oh = z.shape[1] - kh + 1
+        return sum(z[:, i:i + oh, :, i] for i in range(kh))
+    y = rows_summed(x) if x.shape[0] <= 128 else batch_loop(rows_summed, x, 32)
+    return y.astype(x.dtype)
+
+
+def batch_loop(f: Callable, x: Array, size: int) -> Array:
+    """f of x computed `size` images at a time in a `fori_loop` (one slice's temporaries alive
+    at once), into one buffer. The batch is padded with zero images to a multiple of `size`
+    (the last slice computes up to size - 1 images of zeros) and the result cut back to n."""
+    n = x.shape[0]
+    parts = -(-n // size)
+    xs = jnp.pad(x, ((0, parts * size - n),) + ((0, 0),) * (x.ndim - 1))
+    out = jax.eval_shape(f, xs[:size])
+    y = jnp.zeros((parts * size, *out.shape[1:]), out.dtype)
+
+    def part(k, y):
+        return lax.dynamic_update_slice_in_dim(
+            y, f(lax.dynamic_slice_in_dim(xs, k * size, size)), k * size, 0)
+    return lax.fori_loop(0, parts, part, y)[:n]
+
+
+def _one_by_one_dw(cfg, x: Array, g: Array) -> Array:
+    """A 1x1 kernel reads one strided view V of x: dW = V^T G, one matmul."""
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    (view,) = window_views(x, (1, 1), cfg.stride, cfg.dilation, cfg.pads, 0)
+    dw = lax.dot_general(view.reshape(-1, x.shape[3]), g.reshape(-1, g.shape[3]),
+                         (((0,), (0,)), ((), ())), preferred_element_type=acc)
+    return dw.reshape(1, 1, *dw.shape).astype(x.dtype)
+
+
+def _chunked_dw(plain: Callable, x: Array, g: Array) -> Array:
+    """dW as the sum of the plain rule over chunks of the batch, in float32 at least: chunks of
+    `DW_CHUNK` images, at most `DW_CHUNKS` of them (larger past DW_CHUNK * DW_CHUNKS images),
+    unrolled: inside a `fori_loop` XLA:CPU runs this convolution by a much slower path."""
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    n = x.shape[0]
+    size = max(DW_CHUNK, -(-n // DW_CHUNKS))
+    parts = [plain(x[i:i + size], g[i:i + size], acc) for i in range(0, n, size)]
+    return sum(parts[1:], parts[0]).astype(x.dtype)
