@@ -4,15 +4,11 @@
 Layouts: activations NHWC, conv kernels HWIO, dense weights (in_features, out_features).
 """
 from jcnn import layers, models, reference
-from jcnn.activation import gelu, leaky_relu, relu, sigmoid, tanh
-from jcnn.check import CheckFailed, check_vjp
-from jcnn.conv import conv2d, conv_transpose2d
-from jcnn.dense import dense, flatten
-from jcnn.dropout import dropout
-from jcnn.loss import log_softmax, softmax_cross_entropy
-from jcnn.model_check import check_model
-from jcnn.norm import batch_norm
-from jcnn.pool import avg_pool2d, global_avg_pool2d, max_pool2d
+from jcnn.check import CheckFailed, check_model, check_vjp
+from jcnn.forward_mode import hessian, jacfwd, jvp, linearize
+from jcnn.ops import (avg_pool2d, batch_norm, conv2d, conv_transpose2d, dense, dropout, flatten,
+                      gelu, global_avg_pool2d, leaky_relu, log_softmax, max_pool2d, relu,
+                      sigmoid, softmax_cross_entropy, tanh)
 
 __all__ = [
     "reference",
@@ -37,4 +33,8 @@ __all__ = [
     "softmax_cross_entropy",
     "check_vjp",
     "CheckFailed",
+    "jvp",
+    "linearize",
+    "jacfwd",
+    "hessian",
 ]
