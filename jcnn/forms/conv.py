@@ -90,7 +90,7 @@ def _eight_channels(plain: Callable, x: Array, w: Array) -> Array:
     return plain(jnp.pad(x, ((0, 0), *extra)), jnp.pad(w, (*extra, (0, 0))))
 
 
-def _tap_sum(cfg, x: Array, w: Array, parts: int = 2) -> Array:
+def _tap_sum(cfg, x: Array, w: Array, parts: int = 4) -> Array:
     """The forward with one input channel as a sum over the kernel's taps,
     Y = sum_{i,j} Xp_ij * W[i,j,0,:], Xp_ij the (N, OH, OW, 1) view tap (i, j) reads of x
     padded with zeros. A tap's product is kept only at the outputs whose read lies inside the
@@ -100,9 +100,9 @@ def _tap_sum(cfg, x: Array, w: Array, parts: int = 2) -> Array:
 
     Y is computed over at most `parts` slices of the batch and concatenated, so that it is one
     stored buffer (as a plain expression XLA fused it into each of its consumers and recomputed
-    it there) that XLA splits across the cores (two slices keep what it compiles small); a
-    half-precision x goes through a `fori_loop` over the slices, narrowed after it (fused into
-    the concatenation, the narrowing slowed the tap sum down)."""
+    it there) that XLA splits across the cores; a half-precision x goes through a `fori_loop`
+    over the slices, narrowed after it (fused into the concatenation, the narrowing slowed the
+    tap sum down)."""
     acc = jnp.promote_types(x.dtype, jnp.float32)
     kh, kw, _, o = w.shape
     taps = w.astype(acc).reshape(kh * kw, 1, 1, 1, o)
