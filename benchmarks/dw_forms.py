@@ -1,8 +1,9 @@
 """The conv filter gradient on this backend, several ways: XLA's one convolution over the whole
 batch (x as CHWN, the output image as the window; what autodiff builds too), jcnn's
 `_conv2d_dw` as shipped (lowered for CPU one convolution per chunk of the batch,
-`jcnn.forms.conv._chunked_dw`, a matmul for 1x1 kernels), the same rule with chunks of other sizes, and image patches^T @ G in a loop over
-chunks of about 1 MiB of patches (a form tried on 2026-12-02 and not kept). Alone for the convs
+`jcnn.forms.conv._chunked_dw`, a matmul for 1x1 kernels), the same rule with chunks of other
+sizes, and image patches^T @ G in a loop over chunks of about 1 MiB of patches (a form tried on
+2026-12-02 and not kept). Alone for the convs
 of ResNet-8 and LeNet, then in the jcnn ResNet-8 and LeNet training steps as shipped and with
 one convolution per filter gradient, beside autodiff, timed interleaved.
 
