@@ -7,6 +7,7 @@ argument, what was expected and what came, so a user can fix the call from the m
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Union
 
 import jax
@@ -18,6 +19,13 @@ Pads = tuple[IntPair, IntPair]  # ((top, bottom), (left, right))
 PaddingLike = Union[int, tuple, str]
 
 FLOAT_DTYPES = (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64)
+XLA_MAX = 2 ** 31 - 1  # XLA's window and padding sizes: larger aborts the process or hangs it
+
+
+def _representable(op: str, name: str, values) -> None:
+    if max(abs(v) for v in values) > XLA_MAX:
+        raise ValueError(f"{op}: {name} must be below 2**31, the largest size XLA represents, "
+                         f"got {tuple(values)}")
 
 
 def pair(value, name: str, op: str, *, minimum: int = 1) -> IntPair:
@@ -32,12 +40,22 @@ def pair(value, name: str, op: str, *, minimum: int = 1) -> IntPair:
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
     if min(value) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum} in each dimension, got {tuple(value)}")
+    _representable(op, name, value)
     return int(value[0]), int(value[1])
 
 
 def is_real(value) -> bool:
     """A Python or NumPy real scalar, not a bool (True would pass for 1) nor an array."""
     return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def finite_real(value, name: str, op: str) -> float:
+    """`value` as a float: a real scalar that is not NaN or infinite, else TypeError/ValueError."""
+    if not is_real(value):
+        raise TypeError(f"{op}: {name} must be a Python float, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{op}: {name} must be finite, got {value}")
+    return float(value)
 
 
 def out_size(size: int, window: int, stride: int, dilation: int, lo: int, hi: int) -> int:
@@ -82,6 +100,7 @@ def padding_pairs(padding: PaddingLike, op: str, *, in_hw: IntPair, window: IntP
         if pads is not None:
             if min(min(p) for p in pads) < 0:
                 raise ValueError(f"{op}: padding must be >= 0, got {pads}")
+            _representable(op, "padding", [v for p in pads for v in p])
             return pads[0], pads[1]
     raise TypeError(f"{op}: padding must be an int, a pair (ph, pw), a pair of pairs "
                     f"((top, bottom), (left, right)) or 'SAME'/'VALID', got {padding!r}")
@@ -93,6 +112,9 @@ def check_float(op: str, **arrays) -> None:
     for name, a in arrays.items():
         if a is None:
             continue
+        if isinstance(a, (list, tuple)):  # as jnp does; its own message would print them whole
+            raise TypeError(f"{op}: {name} must be an array, got a {type(a).__name__}; "
+                            f"convert it with jnp.asarray")
         dtype = jnp.result_type(a)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"{op}: {name} must be a floating array (float16, bfloat16, float32 "
@@ -104,6 +126,9 @@ def check_float(op: str, **arrays) -> None:
 
 
 def check_rank(op: str, name: str, a, rank: int, layout: str) -> None:
+    if isinstance(a, (list, tuple)):
+        raise TypeError(f"{op}: {name} must be an array, got a {type(a).__name__}; "
+                        f"convert it with jnp.asarray")
     if np.ndim(a) != rank:
         raise ValueError(f"{op}: {name} must have rank {rank} ({layout}), "
                          f"got shape {tuple(np.shape(a))}")
@@ -111,9 +136,15 @@ def check_rank(op: str, name: str, a, rank: int, layout: str) -> None:
 
 def check_window_fits(op: str, in_hw: IntPair, pads: Pads, window: IntPair,
                       dilation: IntPair, what: str = "window") -> None:
-    """The (dilated) window fits in the padded input, so the output is not empty."""
+    """The (dilated) window fits in the padded input, so the output is not empty, and the
+    padded input and the window's span are sizes XLA represents."""
     for axis, size, (lo, hi), k, d in zip("HW", in_hw, pads, window, dilation):
+        if k < 1:
+            raise ValueError(f"{op}: the {what} is empty in {axis} (size {k}); every axis "
+                             f"needs at least one tap")
         span = d * (k - 1) + 1
+        _representable(op, f"the padded input and the {what}'s span in {axis}",
+                       (size + lo + hi, span))
         if span > size + lo + hi:
             raise ValueError(f"{op}: the {what} spans {span} in {axis} (size {k}, dilation {d}) "
                              f"but the padded input has only {size + lo + hi} "
@@ -276,8 +307,7 @@ def batch_norm_check(x, scale, bias, eps, op: str = "batch_norm") -> float:
         if tuple(np.shape(a)) != (c,):
             raise ValueError(f"{op}: {name} must have shape ({c},) (x's last axis), got "
                              f"{tuple(np.shape(a))}; x shape {np.shape(x)}")
-    if not is_real(eps):
-        raise TypeError(f"{op}: eps must be a Python float, got {eps!r}")
+    eps = finite_real(eps, "eps", op)
     if eps < 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
     if eps == 0 and np.size(x) == c:  # var = 0 for sure, so xhat = 0 / 0 everywhere

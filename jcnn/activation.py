@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jcnn._validate import check_float, flag_check, is_real
+from jcnn._validate import check_float, finite_real, flag_check
 from jcnn.forms import activation as activation_forms
 from jcnn.forms import by_platform
 
@@ -29,10 +29,7 @@ def relu(x: Array) -> Array:
 def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
     """x where x > 0, else negative_slope * x. dx = negative_slope * g where x <= 0, else g."""
     check_float("leaky_relu", x=x)
-    if not is_real(negative_slope):
-        raise TypeError("leaky_relu: negative_slope must be a Python float, "
-                        f"got {negative_slope!r}")
-    return _relu_like(float(negative_slope), x)
+    return _relu_like(finite_real(negative_slope, "negative_slope", "leaky_relu"), x)
 
 
 def _relu_like(slope: float, x: Array) -> Array:

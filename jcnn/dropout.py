@@ -25,6 +25,7 @@ def dropout(x: Array, rate: float, key: Array) -> Array:
     rate = dropout_check(x, rate, key)
     if rate == 0:
         return x
+    x = jnp.asarray(x)  # a Python or NumPy scalar too, as jnp takes it
     return _scaled_mask(rate, x, jax.random.bernoulli(key, 1 - rate, x.shape))
 
 

@@ -51,7 +51,7 @@ def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
     """logits (..., classes) float, labels (...) int class ids -> the mean negative
     log-likelihood over the labels, a scalar in the logits' dtype."""
     labels_check(logits, labels)
-    return _xent(logits, labels)
+    return _xent(logits, jnp.asarray(labels))  # a Python int is one unbatched label
 
 
 @jax.custom_vjp

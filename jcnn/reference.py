@@ -67,7 +67,7 @@ def relu(x: Array) -> Array:
 
 def leaky_relu(x: Array, negative_slope: float = 0.01) -> Array:
     v.check_float("leaky_relu", x=x)
-    return jnp.where(x > 0, x, negative_slope * x)
+    return jnp.where(x > 0, x, v.finite_real(negative_slope, "negative_slope", "leaky_relu") * x)
 
 
 def sigmoid(x: Array) -> Array:
@@ -128,6 +128,7 @@ def dropout(x: Array, rate: float, key: Array) -> Array:
     rate = v.dropout_check(x, rate, key)
     if rate == 0:
         return x
+    x = jnp.asarray(x)
     keep = jax.random.bernoulli(key, 1 - rate, x.shape)
     return jnp.where(keep, x / jnp.asarray(1 - rate, x.dtype), jnp.zeros_like(x))
 
@@ -141,7 +142,7 @@ def log_softmax(x: Array) -> Array:
 
 def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
     v.labels_check(logits, labels)
-    picked = jnp.take_along_axis(log_softmax(logits), labels[..., None], axis=-1)
+    picked = jnp.take_along_axis(log_softmax(logits), jnp.asarray(labels)[..., None], axis=-1)
     return -jnp.mean(picked)
 
 

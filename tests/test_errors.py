@@ -100,6 +100,27 @@ CASES = [
     ("logsoftmax-int", "log_softmax", (jnp.zeros((3, 5), jnp.int32),), {}, TypeError, ["x"]),
     ("relu-int", "relu", (jnp.zeros((3,), jnp.int32),), {}, TypeError, ["x"]),
     ("flatten-scalar", "flatten", (jnp.zeros((), f32),), {}, ValueError, ["x"]),
+    # sizes XLA cannot represent: 2**31 aborted the process inside XLA, 2**40 hung its
+    # compiler, 2**63 raised OverflowError
+    ("conv-stride-2**31", "conv2d", (X, W), {"stride": 2 ** 31}, ValueError, ["stride", "2**31"]),
+    ("conv-padding-2**31", "conv2d", (X, W), {"padding": 2 ** 31}, ValueError,
+     ["padding", "2**31"]),
+    ("conv-dilation-2**40", "conv2d", (X, W), {"dilation": 2 ** 40}, ValueError, ["dilation"]),
+    ("conv-stride-2**63", "conv2d", (X, W), {"stride": (1, 2 ** 63)}, ValueError, ["stride"]),
+    ("pool-padding-2**31", "max_pool2d", (X, 2), {"padding": ((0, 2 ** 31), (0, 0))}, ValueError,
+     ["padding", "2**31"]),
+    ("transpose-output-padding-2**31", "conv_transpose2d", (X, WT),
+     {"stride": 2 ** 31, "output_padding": 1}, ValueError, ["stride", "2**31"]),
+    ("conv-empty-kernel-axis", "conv2d", (X, jnp.zeros((0, 3, 4, 8), f32)), {}, ValueError,
+     ["kernel", "empty"]),
+    ("conv-x-list", "conv2d", ([[0.0] * 4] * 6, W), {}, TypeError, ["x", "list", "jnp.asarray"]),
+    ("relu-list", "relu", ([0.0, 1.0],), {}, TypeError, ["x", "list"]),
+    ("bn-eps-nan", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((4,), f32)),
+     {"eps": float("nan")}, ValueError, ["eps", "finite"]),
+    ("leaky-slope-nan", "leaky_relu", (X,), {"negative_slope": float("nan")}, ValueError,
+     ["negative_slope", "finite"]),
+    ("leaky-slope-string", "leaky_relu", (X,), {"negative_slope": "0.1"}, TypeError,
+     ["negative_slope"]),
 ]
 
 
@@ -118,6 +139,16 @@ def test_bad_input_is_refused_with_a_message_naming_the_argument(module, op, arg
 
 def test_there_are_at_least_thirty_cases():
     assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("module", [jcnn, reference], ids=["jcnn", "reference"])
+def test_scalar_calls_numpy_would_take_work(module):
+    """A Python float through dropout, and one unbatched example (logits (C,), an int label)
+    through the loss: valid calls that raised AttributeError and TypeError."""
+    y = module.dropout(1.0, 0.5, KEY)
+    assert y.shape == () and float(y) in (0.0, 2.0)
+    loss = module.softmax_cross_entropy(jnp.zeros(3, f32), 1)
+    assert loss.shape == () and abs(float(loss) - float(jnp.log(3.0))) < 1e-6
 
 
 def test_valid_calls_in_the_table_shapes_pass():
