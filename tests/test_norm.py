@@ -133,9 +133,10 @@ def test_channel_sums_both_forms(form, dtype, shape):
 
 @pytest.mark.parametrize("shape", [(3, 4, 5, 2), (3, 3, 3, 2)], ids=["blocks-of-4", "odd-rows"])
 def test_channel_sums_rule_first_and_second_order(shape):
-    """The sums' own rule (in whichever form this host lowers) against autodiff of the plain
-    sums: it keeps the CPU form's variadic reduction off JAX's transpose."""
-    g, xhat = (bn_args(*shape, seed=s)[0] for s in (1, 2))
+    """The sums' own rule, on the CPU device (its one-pass form, whatever the host's default
+    backend), against autodiff of the plain sums: the rule keeps the form's variadic reduction
+    off JAX's transpose."""
+    g, xhat = jax.device_put([bn_args(*shape, seed=s)[0] for s in (1, 2)], jax.devices("cpu")[0])
     plain = lambda g, x: jnp.stack([jnp.sum(g, axis=(0, 1, 2)), jnp.sum(g * x, axis=(0, 1, 2))])
     sums = lambda g, x: jnp.stack(norm._channel_sums(g, x))
     assert_matches_reference(sums, plain, (g, xhat), (0, 1))
