@@ -6,9 +6,9 @@ Layouts: activations NHWC, conv kernels HWIO, dense weights (in_features, out_fe
 from jcnn import layers, models, reference
 from jcnn.check import CheckFailed, check_model, check_vjp
 from jcnn.forward_mode import hessian, jacfwd, jvp, linearize
-from jcnn.ops import (avg_pool2d, batch_norm, conv2d, conv_transpose2d, dense, dropout, flatten,
-                      gelu, global_avg_pool2d, leaky_relu, log_softmax, max_pool2d, relu,
-                      sigmoid, softmax_cross_entropy, tanh)
+from jcnn.ops import (avg_pool2d, batch_norm, conv2d, conv_transpose2d, dense, dropout, elu,
+                      flatten, gelu, global_avg_pool2d, leaky_relu, log_softmax, max_pool2d, relu,
+                      sigmoid, silu, softmax_cross_entropy, softplus, tanh)
 
 __all__ = [
     "reference",
@@ -24,6 +24,9 @@ __all__ = [
     "sigmoid",
     "tanh",
     "gelu",
+    "silu",
+    "elu",
+    "softplus",
     "max_pool2d",
     "avg_pool2d",
     "global_avg_pool2d",

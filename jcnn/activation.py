@@ -1,8 +1,9 @@
 """Element-wise activations with hand-derived backward rules.
 
 Each rule saves the least its backward needs: ReLU and leaky ReLU a boolean mask (one byte an
-element; lowered for CPU, packed eight to a byte: `jcnn/forms/activation.py`), sigmoid and
-tanh their output (their derivatives are functions of it), GELU its input.
+element; lowered for CPU, packed eight to a byte: `jcnn/forms/activation.py`), sigmoid, tanh
+and softplus their output (their derivatives are functions of it), GELU, SiLU and ELU their
+input.
 """
 from __future__ import annotations
 
@@ -151,3 +152,73 @@ def _gelu_bwd(approximate, x, g):
 
 
 _gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+def silu(x: Array) -> Array:
+    """x * sigmoid(x) (SiLU, swish). With s = sigmoid(x): dx = g * s * (1 + x (1 - s))."""
+    check_float("silu", x=x)
+    return _silu(x)
+
+
+@jax.custom_vjp
+def _silu(x: Array) -> Array:
+    v = _widened(x)  # in float32 at least, as gelu: a bfloat16 x * s loses its low digits
+    return (v * lax.logistic(v)).astype(x.dtype)
+
+
+def _silu_fwd(x):
+    return _silu(x), x  # the derivative needs x, not only y (y is not monotone below 0)
+
+
+def _silu_bwd(x, g):
+    v = _widened(x)
+    s = lax.logistic(v)
+    return ((g * (s * (1 + v * (1 - s)))).astype(g.dtype),)
+
+
+_silu.defvjp(_silu_fwd, _silu_bwd)
+
+
+def elu(x: Array, alpha: float = 1.0) -> Array:
+    """x where x > 0, else alpha * (exp(x) - 1). dx = g where x > 0, else g * alpha * exp(x)
+    (alpha at x == 0, as PyTorch and jax.nn.elu)."""
+    check_float("elu", x=x)
+    return _elu(finite_real(alpha, "alpha", "elu"), x)
+
+
+def _nonpositive_part(x: Array) -> Array:
+    """x where x <= 0 (or NaN), else 0: the exp of it never overflows in the branch not taken.
+    A select, not minimum(x, 0), whose derivative at x == 0 autodiff splits in half: second
+    order differentiates this backward."""
+    return jnp.where(x > 0, jnp.zeros_like(x), x)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _elu(alpha: float, x: Array) -> Array:
+    return jnp.where(x > 0, x, alpha * jnp.expm1(_nonpositive_part(x)))
+
+
+def _elu_fwd(alpha, x):
+    return _elu(alpha, x), x  # with any alpha's sign, x (not y) says which side of 0
+
+
+def _elu_bwd(alpha, x, g):
+    return (jnp.where(x > 0, g, g * (alpha * jnp.exp(_nonpositive_part(x)))),)
+
+
+_elu.defvjp(_elu_fwd, _elu_bwd)
+
+
+def _softplus_forward(x: Array) -> Array:
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow at large |x|."""
+    return jnp.maximum(x, jnp.zeros_like(x)) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+# dy/dx = sigmoid(x) = 1 - exp(-y), as -expm1(-y): no cancellation where y is small
+_softplus = _from_output(_softplus_forward, lambda y: -jnp.expm1(-y))
+
+
+def softplus(x: Array) -> Array:
+    """log(1 + exp(x)). dx = g * sigmoid(x) = g * (1 - exp(-y)), y the output."""
+    check_float("softplus", x=x)
+    return _softplus(x)

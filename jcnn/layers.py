@@ -119,6 +119,18 @@ def gelu(approximate: bool = True, *, ops: ModuleType = hand_ops) -> Layer:
     return _stateless("gelu", lambda x: ops.gelu(x, approximate))
 
 
+def silu(*, ops: ModuleType = hand_ops) -> Layer:
+    return _stateless("silu", lambda x: ops.silu(x))
+
+
+def elu(alpha: float = 1.0, *, ops: ModuleType = hand_ops) -> Layer:
+    return _stateless("elu", lambda x: ops.elu(x, alpha))
+
+
+def softplus(*, ops: ModuleType = hand_ops) -> Layer:
+    return _stateless("softplus", lambda x: ops.softplus(x))
+
+
 def sigmoid(*, ops: ModuleType = hand_ops) -> Layer:
     return _stateless("sigmoid", lambda x: ops.sigmoid(x))
 
@@ -251,5 +263,5 @@ def residual(body: Layer, shortcut: Optional[Layer] = None) -> Layer:
 
 
 __all__ = ["Layer", "output_shape", "conv2d", "dense", "relu", "leaky_relu", "gelu", "sigmoid",
-           "tanh", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "flatten", "batch_norm",
-           "dropout", "serial", "residual", "split_key"]
+           "tanh", "silu", "elu", "softplus", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
+           "flatten", "batch_norm", "dropout", "serial", "residual", "split_key"]

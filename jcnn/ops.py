@@ -2,7 +2,7 @@
 `jcnn.layers` and `jcnn.models`, which import it from here (not from the half-initialised
 package) so that they do not depend on the order of `jcnn/__init__.py`'s imports.
 `jcnn.reference` has the same names with JAX's autodiff."""
-from jcnn.activation import gelu, leaky_relu, relu, sigmoid, tanh
+from jcnn.activation import elu, gelu, leaky_relu, relu, sigmoid, silu, softplus, tanh
 from jcnn.conv import conv2d, conv_transpose2d
 from jcnn.dense import dense, flatten
 from jcnn.dropout import dropout
@@ -12,4 +12,4 @@ from jcnn.pool import avg_pool2d, global_avg_pool2d, max_pool2d
 
 __all__ = ["conv2d", "conv_transpose2d", "dense", "flatten", "relu", "leaky_relu", "sigmoid",
            "tanh", "gelu", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "batch_norm",
-           "dropout", "log_softmax", "softmax_cross_entropy"]
+           "dropout", "log_softmax", "softmax_cross_entropy", "silu", "elu", "softplus"]

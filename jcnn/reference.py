@@ -88,6 +88,22 @@ def gelu(x: Array, approximate: bool = True) -> Array:
     return 0.5 * x * (1 + lax.erf(x / jnp.sqrt(2).astype(x.dtype)))
 
 
+def silu(x: Array) -> Array:
+    v.check_float("silu", x=x)
+    return x * jax.nn.sigmoid(x)
+
+
+def elu(x: Array, alpha: float = 1.0) -> Array:
+    v.check_float("elu", x=x)
+    alpha = v.finite_real(alpha, "alpha", "elu")
+    return jnp.where(x > 0, x, alpha * jnp.expm1(jnp.where(x > 0, jnp.zeros_like(x), x)))
+
+
+def softplus(x: Array) -> Array:
+    v.check_float("softplus", x=x)
+    return jnp.logaddexp(x, jnp.zeros_like(x))
+
+
 def _window_args(cfg: v.PoolConfig):
     return (1, *cfg.window, 1), (1, *cfg.stride, 1), ((0, 0), *cfg.pads, (0, 0))
 

@@ -121,6 +121,10 @@ CASES = [
      ["negative_slope", "finite"]),
     ("leaky-slope-string", "leaky_relu", (X,), {"negative_slope": "0.1"}, TypeError,
      ["negative_slope"]),
+    ("elu-alpha-nan", "elu", (X,), {"alpha": float("nan")}, ValueError, ["alpha", "finite"]),
+    ("elu-int", "elu", (jnp.zeros((3,), jnp.int32),), {}, TypeError, ["x"]),
+    ("silu-list", "silu", ([0.0, 1.0],), {}, TypeError, ["x", "list"]),
+    ("softplus-int", "softplus", (jnp.zeros((3,), jnp.int32),), {}, TypeError, ["x"]),
 ]
 
 

@@ -186,3 +186,13 @@ def test_layers_and_models_take_their_default_ops_from_jcnn_ops_not_the_package(
                 and any(a.name == "jcnn" for a in n.names)]
         assert not bare, f"{module.__name__} imports the jcnn package at lines {bare}"
     assert L.relu.__kwdefaults__["ops"] is jcnn.ops
+
+
+@pytest.mark.parametrize("name, kwargs", [("silu", {}), ("elu", {"alpha": 0.3}), ("softplus", {})])
+def test_activation_layers_apply_their_op_in_both_namespaces(name, kwargs, rng):
+    x = jnp.asarray(rng.standard_normal((2, 3, 3, 4)))
+    for ops in (jcnn, reference):
+        layer = getattr(L, name)(**kwargs, ops=ops)
+        params, state = layer.init(None, x.shape)
+        y, _ = layer.apply(params, state, x, train=True)
+        np.testing.assert_allclose(y, getattr(reference, name)(x, **kwargs), rtol=1e-12)
