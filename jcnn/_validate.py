@@ -377,6 +377,13 @@ def labels_check(logits, labels, op: str = "softmax_cross_entropy") -> None:
 
 
 
+def smoothing_check(value, op: str = "softmax_cross_entropy") -> float:
+    eps = finite_real(value, "label_smoothing", op)
+    if not 0 <= eps <= 1:
+        raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {eps}")
+    return eps
+
+
 def flatten_check(x, op: str = "flatten") -> None:
     if np.ndim(x) < 1:
         raise ValueError(f"{op}: x must have a batch axis (N, ...), got a scalar")

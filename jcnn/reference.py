@@ -156,10 +156,13 @@ def log_softmax(x: Array) -> Array:
     return shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
 
 
-def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
+def softmax_cross_entropy(logits: Array, labels: Array, *, label_smoothing: float = 0.0
+                          ) -> Array:
     v.labels_check(logits, labels)
-    picked = jnp.take_along_axis(log_softmax(logits), jnp.asarray(labels)[..., None], axis=-1)
-    return -jnp.mean(picked)
+    eps = v.smoothing_check(label_smoothing)
+    y = log_softmax(logits)
+    onehot = jax.nn.one_hot(jnp.asarray(labels), logits.shape[-1], dtype=y.dtype)
+    return -jnp.mean(jnp.sum(((1 - eps) * onehot + eps / logits.shape[-1]) * y, axis=-1))
 
 
 def flatten(x: Array) -> Array:

@@ -65,6 +65,32 @@ def test_cross_entropy_matches_the_loops(shape):
     np.testing.assert_allclose(pull(jnp.asarray(0.7))[0], d, rtol=1e-12, atol=1e-15)
 
 
+@pytest.mark.parametrize("eps", [0.1, 0.5, 1.0])
+@pytest.mark.parametrize("shape", [(5, 4), (2, 3, 4)], ids=["5x4", "2x3x4"])
+def test_label_smoothing_matches_autodiff_the_loops_and_pytorchs_definition(shape, eps):
+    """Targets (1 - eps) onehot + eps / C: against autodiff of the reference (first and second
+    order), float64 finite differences, the loops, and PyTorch's definition of
+    F.cross_entropy(label_smoothing=eps), (1 - eps) nll + eps mean_k(-log p_k)."""
+    logits, ids = xent_args(shape)
+
+    def f(z):
+        return jcnn.softmax_cross_entropy(z, ids, label_smoothing=eps)
+
+    def ref(z):
+        return reference.softmax_cross_entropy(z, ids, label_smoothing=eps)
+    assert_matches_reference(f, ref, (logits,), (0,))
+    assert_second_order_matches(f, ref, (logits,), (0,))
+    assert_finite_differences(f, (logits,), (0,), order=2)
+    loss, pull = jax.vjp(f, logits)
+    np.testing.assert_allclose(loss, naive.softmax_cross_entropy(logits, ids, label_smoothing=eps),
+                               rtol=1e-12)
+    d, _ = naive.softmax_cross_entropy_backward(0.7, logits, ids, label_smoothing=eps)
+    np.testing.assert_allclose(pull(jnp.asarray(0.7))[0], d, rtol=1e-12, atol=1e-15)
+    y = np.asarray(jax.nn.log_softmax(logits))
+    nll = -np.take_along_axis(y, np.asarray(ids)[..., None], axis=-1).mean()
+    np.testing.assert_allclose(loss, (1 - eps) * nll + eps * (-y.mean(axis=-1)).mean(), rtol=1e-12)
+
+
 @pytest.mark.parametrize("shape", XENT)
 def test_gradients_sum_to_zero_over_the_classes(shape):
     """Adding a constant to a row of logits changes neither loss: each gradient row sums to 0."""

@@ -107,6 +107,8 @@ CASES = [
     Case("dropout", "rate 0.3", ((4, 6),), {"rate": 0.3}, extra=("key",)),
     Case("log_softmax", "", ((4, 6),), {}),
     Case("softmax_cross_entropy", "(5, 4)", ((5, 4),), {}, extra=("labels",)),
+    Case("softmax_cross_entropy", "(5, 4), label_smoothing 0.1", ((5, 4),),
+         {"label_smoothing": 0.1}, extra=("labels",)),
     Case("softmax_cross_entropy", "(2, 3, 4)", ((2, 3, 4),), {}, True, extra=("labels",)),
     Case("flatten", "(2, 3, 2, 2)", ((2, 3, 2, 2),), {}),
 ]

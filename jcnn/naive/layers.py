@@ -82,9 +82,10 @@ def batch_norm_backward(g, x, scale, bias, *, eps=1e-5):
     return _batch_norm(x, scale, bias, g, eps)[1]
 
 
-def _softmax_cross_entropy(logits, labels, g):
-    """L = -(1/N) sum_n log softmax(logits[n])[labels[n]] over the N label positions.
-    Returns (loss, dlogits) with dlogits[n, k] = g (p[n, k] - [k == labels[n]]) / N."""
+def _softmax_cross_entropy(logits, labels, g, eps=0.0):
+    """L = -(1/N) sum_n sum_k q[n, k] log softmax(logits[n])[k] over the N label positions,
+    q[n, k] = (1 - eps) [k == labels[n]] + eps / K. Returns (loss, dlogits) with
+    dlogits[n, k] = g (p[n, k] - q[n, k]) / N."""
     z = np.asarray(logits, np.float64)
     k = z.shape[-1]
     zs, ls = z.reshape(-1, k), np.asarray(labels).reshape(-1)
@@ -93,18 +94,19 @@ def _softmax_cross_entropy(logits, labels, g):
     for r in range(n):
         top = max(zs[r])
         total = sum(math.exp(v - top) for v in zs[r])
-        loss -= (zs[r, ls[r]] - top - math.log(total)) / n
         for j in range(k):
-            d[r, j] = g * (math.exp(zs[r, j] - top) / total - (j == ls[r])) / n
+            q = (1 - eps) * (j == ls[r]) + eps / k
+            loss -= q * (zs[r, j] - top - math.log(total)) / n
+            d[r, j] = g * (math.exp(zs[r, j] - top) / total - q) / n
     return loss, d.reshape(z.shape)
 
 
-def softmax_cross_entropy(logits, labels):
-    """-(1/N) sum_n log softmax(logits[n])[labels[n]] over the N label positions."""
-    return _softmax_cross_entropy(logits, labels, 0.0)[0]
+def softmax_cross_entropy(logits, labels, *, label_smoothing=0.0):
+    """-(1/N) sum_n sum_k q[n, k] log softmax(logits[n])[k], q the smoothed one-hot targets."""
+    return _softmax_cross_entropy(logits, labels, 0.0, label_smoothing)[0]
 
 
-def softmax_cross_entropy_backward(g, logits, labels):
-    """(dlogits, None) for the scalar cotangent g: dlogits[n, k] = g (p[n, k] - [k ==
-    labels[n]]) / N; integer labels have no cotangent."""
-    return _softmax_cross_entropy(logits, labels, float(g))[1], None
+def softmax_cross_entropy_backward(g, logits, labels, *, label_smoothing=0.0):
+    """(dlogits, None) for the scalar cotangent g: dlogits[n, k] = g (p[n, k] - q[n, k]) / N;
+    integer labels have no cotangent."""
+    return _softmax_cross_entropy(logits, labels, float(g), label_smoothing)[1], None
