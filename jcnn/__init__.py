@@ -7,8 +7,8 @@ from jcnn import layers, models, reference
 from jcnn.check import CheckFailed, check_model, check_vjp
 from jcnn.forward_mode import hessian, jacfwd, jvp, linearize
 from jcnn.ops import (avg_pool2d, batch_norm, conv2d, conv_transpose2d, dense, dropout, elu,
-                      flatten, gelu, global_avg_pool2d, leaky_relu, log_softmax, max_pool2d, relu,
-                      sigmoid, silu, softmax_cross_entropy, softplus, tanh)
+                      flatten, gelu, global_avg_pool2d, layer_norm, leaky_relu, log_softmax,
+                      max_pool2d, relu, sigmoid, silu, softmax_cross_entropy, softplus, tanh)
 
 __all__ = [
     "reference",
@@ -31,6 +31,7 @@ __all__ = [
     "avg_pool2d",
     "global_avg_pool2d",
     "batch_norm",
+    "layer_norm",
     "dropout",
     "log_softmax",
     "softmax_cross_entropy",

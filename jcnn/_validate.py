@@ -301,6 +301,25 @@ def batch_norm_check(x, scale, bias, eps, op: str = "batch_norm") -> float:
     if np.ndim(x) < 2:
         raise ValueError(f"{op}: x must have rank >= 2 (batch, ..., channels), "
                          f"got shape {np.shape(x)}")
+    eps = _affine_norm_check(x, scale, bias, eps, op)
+    if eps == 0 and np.size(x) == np.shape(x)[-1]:  # var = 0 for sure: xhat = 0 / 0
+        raise ValueError(f"{op}: eps = 0 needs more than one element per channel to divide by "
+                         f"a nonzero variance; x shape {np.shape(x)} has one")
+    return eps
+
+
+def layer_norm_check(x, scale, bias, eps, op: str = "layer_norm") -> float:
+    if np.ndim(x) < 1:
+        raise ValueError(f"{op}: x must have a channel axis (..., C), got a scalar")
+    eps = _affine_norm_check(x, scale, bias, eps, op)
+    if eps == 0 and np.shape(x)[-1] == 1:  # var = 0 for sure: xhat = 0 / 0
+        raise ValueError(f"{op}: eps = 0 needs more than one channel to divide by a nonzero "
+                         f"variance; x shape {np.shape(x)} has one")
+    return eps
+
+
+def _affine_norm_check(x, scale, bias, eps, op: str) -> float:
+    """Float x, scale and bias of x's last axis, and eps finite and >= 0."""
     check_float(op, x=x, scale=scale, bias=bias)
     c = np.shape(x)[-1]
     for name, a in (("scale", scale), ("bias", bias)):
@@ -310,10 +329,7 @@ def batch_norm_check(x, scale, bias, eps, op: str = "batch_norm") -> float:
     eps = finite_real(eps, "eps", op)
     if eps < 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
-    if eps == 0 and np.size(x) == c:  # var = 0 for sure, so xhat = 0 / 0 everywhere
-        raise ValueError(f"{op}: eps = 0 needs more than one element per channel to divide by "
-                         f"a nonzero variance; x shape {np.shape(x)} has one")
-    return float(eps)
+    return eps
 
 
 def rate_check(rate, op: str = "dropout") -> float:

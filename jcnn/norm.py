@@ -1,4 +1,4 @@
-"""Batch normalisation (training mode) with the exact backward through the batch statistics.
+"""Batch and layer normalisation with the exact backward through their statistics.
 
 Over the M = N*H*W elements of each channel (every axis but the last):
     mu = mean(x),  var = mean((x - mu)^2),  r = 1 / sqrt(var + eps),  xhat = (x - mu) r,
@@ -8,6 +8,10 @@ With G = dL/dy and Gh = G * scale = dL/dxhat, the chain rule through mu and var 
     dx     = r * (Gh - mean(Gh) - xhat * mean(Gh * xhat))
 (the mean(Gh) term is the path through mu, the xhat * mean(Gh xhat) term the path through var;
 docs/backprop.md derives it step by step).
+
+Layer norm is the same maths with the roles of the axes exchanged: the statistics of each row
+over its C channels (the last axis), scale and bias still per channel, so Gh = G * scale varies
+along the row and the means in dx are over the row; dscale and dbias sum over the rows.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn._sharding import alike
-from jcnn._validate import batch_norm_check
+from jcnn._validate import batch_norm_check, layer_norm_check
 from jcnn.forms import by_platform
 from jcnn.forms import norm as norm_forms
 
@@ -106,3 +110,44 @@ def _channel_sums_bwd(res, cts):
 
 
 _channel_sums.defvjp(_channel_sums_fwd, _channel_sums_bwd)
+
+
+def layer_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
+    """x (..., C), scale (C,), bias (C,) -> (..., C), each row normalised with the mean and
+    biased variance of its C channels (PyTorch's F.layer_norm(x, (C,), scale, bias))."""
+    eps = layer_norm_check(x, scale, bias, eps)
+    return _layer_norm(eps, *alike(x, scale, bias))
+
+
+def _row_normalised(eps, x):
+    """xhat = (x - mu) r and r = 1 / sqrt(var + eps), (..., 1), over the last axis."""
+    mu = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mu
+    r = lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+    return centred * r, r
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _layer_norm(eps: float, x: Array, scale: Array, bias: Array) -> Array:
+    return _row_normalised(eps, x)[0] * _channel(scale, x.ndim) + _channel(bias, x.ndim)
+
+
+def _layer_norm_fwd(eps, x, scale, bias):
+    # y through the rule itself, so that second order differentiates it by this rule
+    xhat, r = _row_normalised(eps, x)
+    return _layer_norm(eps, x, scale, bias), (xhat, r, scale)
+
+
+def _layer_norm_bwd(eps, res, g):
+    xhat, r, scale = res
+    acc = jnp.promote_types(g.dtype, jnp.float32)
+    gh = g * _channel(scale, g.ndim)
+    # the row means in float32 at least, rounded once (as batch norm's channel sums)
+    mean_gh, mean_ghx = (jnp.mean(v.astype(acc), axis=-1, keepdims=True).astype(g.dtype)
+                         for v in (gh, gh * xhat))
+    rows = tuple(range(g.ndim - 1))
+    dscale, dbias = (jnp.sum(v.astype(acc), axis=rows).astype(g.dtype) for v in (g * xhat, g))
+    return r * (gh - mean_gh - xhat * mean_ghx), dscale, dbias
+
+
+_layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)

@@ -140,6 +140,14 @@ def batch_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Arr
             + _per_channel(bias, x.ndim))
 
 
+def layer_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
+    eps = v.layer_norm_check(x, scale, bias, eps)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return ((x - mean) * lax.rsqrt(var + eps) * _per_channel(scale, x.ndim)
+            + _per_channel(bias, x.ndim))
+
+
 def dropout(x: Array, rate: float, key: Array) -> Array:
     rate = v.dropout_check(x, rate, key)
     if rate == 0:

@@ -32,6 +32,7 @@ CASES = [
     ("avg_pool2d", "avg_pool2d", ((0, 6, 6, 2), 2), {}, (0,)),
     ("global_avg_pool2d", "global_avg_pool2d", ((0, 6, 6, 2),), {}, (0,)),
     ("batch_norm", "batch_norm", ((0, 4, 4, 3), (3,), (3,)), {}, (0, 1, 2)),
+    ("layer_norm", "layer_norm", ((0, 4, 4, 3), (3,), (3,)), {}, (0, 1, 2)),
     ("log_softmax", "log_softmax", ((0, 10),), {}, (0,)),
     ("dropout", "dropout", ((0, 4, 4, 2), 0.5, KEY), {}, (0,)),
 ]

@@ -220,3 +220,62 @@ def test_bad_input_is_refused_naming_the_argument(args, kwargs, error, words):
     with pytest.raises(error, match="^batch_norm: ") as raised:
         jcnn.batch_norm(*args, **kwargs)
     assert all(word in str(raised.value) for word in words), str(raised.value)
+
+
+LN_CASES = [  # (x shape, eps): statistics per row, over the last axis
+    pytest.param((5,), 1e-5, id="C"),
+    pytest.param((8, 5), 1e-5, id="NC"),
+    pytest.param((3, 4, 4, 2), 1e-5, id="NHWC"),
+    pytest.param((2, 5, 3), 0.5, id="NLC-large-eps"),
+    pytest.param((4, 3), 0.0, id="eps0"),
+    pytest.param((4, 1), 1e-3, id="one-channel-zero-variance"),
+]
+
+
+def ln_args(*shape, seed=0):
+    """x with per-row means and spreads far from 0 and 1, scale and bias per channel."""
+    rng = np.random.default_rng([seed, *shape])
+    rows = shape[:-1] + (1,)
+    x = rng.standard_normal(shape) * rng.uniform(0.5, 3, rows) + rng.uniform(-2, 2, rows)
+    c = shape[-1]
+    return tuple(jnp.asarray(a) for a in (x, rng.uniform(0.5, 2, c), rng.standard_normal(c)))
+
+
+@pytest.mark.parametrize("shape, eps", LN_CASES)
+def test_layer_norm_three_ways_to_second_order(shape, eps):
+    """Against autodiff of the reference (first and second order, jointly in x, scale, bias),
+    float64 finite differences and the loops (`jcnn.naive.layer_norm_backward`)."""
+    f = jax.jit(partial(jcnn.layer_norm, eps=eps))
+    ref = jax.jit(partial(reference.layer_norm, eps=eps))
+    args = ln_args(*shape)
+    assert_matches_reference(f, ref, args, (0, 1, 2))
+    assert_second_order_matches(f, ref, args, (0, 1, 2))
+    if shape[-1] > 1:  # one channel: x is constant in x (xhat = 0), FD of 0 checks nothing new
+        assert_finite_differences(f, args, (0, 1, 2), order=2)
+    g = jnp.asarray(np.random.default_rng(7).standard_normal(shape))
+    y, pull = jax.vjp(f, *args)
+    np.testing.assert_allclose(y, naive.layer_norm(*args, eps=eps), rtol=1e-10, atol=1e-12)
+    for got, want, name in zip(pull(g), naive.layer_norm_backward(g, *args, eps=eps),
+                               ("dx", "dscale", "dbias")):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_layer_norm_low_precision_matches_float64(dtype):
+    """The rule run in `dtype` against autodiff in float64 on the very same rounded inputs."""
+    f = jax.jit(partial(jcnn.layer_norm, eps=1e-5))
+    in_f64 = jax.jit(lambda *a: reference.layer_norm(*as_dtype(a, jnp.float64), eps=1e-5)
+                     .astype(dtype))
+    assert_matches_reference(f, in_f64, as_dtype(ln_args(6, 4, 8), dtype), (0, 1, 2),
+                             rtol=tol(dtype))
+
+
+def test_layer_norm_rows_are_independent_and_each_is_normalised():
+    """Each row's mean is 0 and variance var/(var+eps) before the affine map; changing one row
+    leaves the others' outputs as they were (statistics over the last axis only)."""
+    x, _, _ = ln_args(5, 6)
+    y = jcnn.layer_norm(x, jnp.ones(6), jnp.zeros(6), eps=0.0)
+    np.testing.assert_allclose(jnp.mean(y, axis=-1), 0, atol=1e-12)
+    np.testing.assert_allclose(jnp.var(y, axis=-1), 1, rtol=1e-12)
+    y2 = jcnn.layer_norm(x.at[0].mul(3.0).at[0].add(7.0), jnp.ones(6), jnp.zeros(6), eps=0.0)
+    np.testing.assert_allclose(y2[1:], y[1:], rtol=1e-12)

@@ -104,6 +104,8 @@ CASES = [
     Case("softplus", "", ((3, 7),), {}),
     Case("batch_norm", "(8, 5)", ((8, 5), (5,), (5,)), {}),
     Case("batch_norm", "(3, 4, 4, 2)", ((3, 4, 4, 2), (2,), (2,)), {}),
+    Case("layer_norm", "(8, 5)", ((8, 5), (5,), (5,)), {}),
+    Case("layer_norm", "(3, 4, 4, 2), eps 0.5", ((3, 4, 4, 2), (2,), (2,)), {"eps": 0.5}),
     Case("dropout", "rate 0.3", ((4, 6),), {"rate": 0.3}, extra=("key",)),
     Case("log_softmax", "", ((4, 6),), {}),
     Case("softmax_cross_entropy", "(5, 4)", ((5, 4),), {}, extra=("labels",)),

@@ -35,10 +35,28 @@ def dense_backward(g, x, w, b=None):
     return _dense(x, w, b, g)[1]
 
 
+def _normalised(v, d_xhat, eps):
+    """One group of m values normalised, and the chain rule back through it: the forward as a
+    chain of small steps, then each step in reverse, so every path through the mean and the
+    variance is visible. `d_xhat` is dL/dxhat; returns (xhat, dL/dv)."""
+    m = len(v)
+    # forward
+    mu = sum(v) / m                               # 1. mean
+    d = [v[k] - mu for k in range(m)]             # 2. centred
+    var = sum(dk * dk for dk in d) / m            # 3. biased variance
+    r = 1 / math.sqrt(var + eps)                  # 4. inverse std
+    xhat = [d[k] * r for k in range(m)]           # 5. normalised
+    # backward, step 5 down to step 1
+    d_r = sum(d_xhat[k] * d[k] for k in range(m))           # 5: xhat_k = d_k r
+    d_d = [d_xhat[k] * r for k in range(m)]                 # 5: the direct path to d_k
+    d_var = d_r * -0.5 * (var + eps) ** -1.5                # 4: r = (var + eps)^(-1/2)
+    d_d = [d_d[k] + d_var * 2 * d[k] / m for k in range(m)]  # 3: var = sum d_k^2 / m
+    d_mu = -sum(d_d)                                        # 2: d_k = x_k - mu
+    return xhat, [d_d[k] + d_mu / m for k in range(m)]      # 2 and 1: mu = sum x_k / m
+
+
 def _batch_norm(x, scale, bias, g, eps):
-    """Training-mode batch norm of each channel over its M elements, and its exact backward:
-    the forward written as a chain of small steps, then the chain rule applied to each step in
-    reverse, so every path through the mean and the variance is visible.
+    """Training-mode batch norm of each channel over its M elements, and its exact backward.
     Returns (y, (dx, dscale, dbias))."""
     x = np.asarray(x, np.float64)
     c = x.shape[-1]
@@ -47,27 +65,32 @@ def _batch_norm(x, scale, bias, g, eps):
     y, dx = np.zeros_like(xs), np.zeros_like(xs)
     dscale, dbias = np.zeros(c), np.zeros(c)
     for ch in range(c):
-        v, gy = xs[:, ch], gs[:, ch]
-        # forward
-        mu = sum(v) / m                               # 1. mean
-        d = [v[k] - mu for k in range(m)]             # 2. centred
-        var = sum(dk * dk for dk in d) / m            # 3. biased variance
-        r = 1 / math.sqrt(var + eps)                  # 4. inverse std
-        xhat = [d[k] * r for k in range(m)]           # 5. normalised
+        gy = gs[:, ch]
+        xhat, dv = _normalised(xs[:, ch], [gy[k] * scale[ch] for k in range(m)], eps)
         for k in range(m):
             y[k, ch] = xhat[k] * scale[ch] + bias[ch]  # 6. affine
-        # backward, step 6 down to step 1
-        for k in range(m):
             dbias[ch] += gy[k]
             dscale[ch] += gy[k] * xhat[k]
-        d_xhat = [gy[k] * scale[ch] for k in range(m)]
-        d_r = sum(d_xhat[k] * d[k] for k in range(m))           # 5: xhat_k = d_k r
-        d_d = [d_xhat[k] * r for k in range(m)]                 # 5: the direct path to d_k
-        d_var = d_r * -0.5 * (var + eps) ** -1.5                # 4: r = (var + eps)^(-1/2)
-        d_d = [d_d[k] + d_var * 2 * d[k] / m for k in range(m)]  # 3: var = sum d_k^2 / m
-        d_mu = -sum(d_d)                                        # 2: d_k = x_k - mu
-        for k in range(m):
-            dx[k, ch] = d_d[k] + d_mu / m                       # 2 and 1: mu = sum x_k / m
+            dx[k, ch] = dv[k]
+    return y.reshape(x.shape), (dx.reshape(x.shape), dscale, dbias)
+
+
+def _layer_norm(x, scale, bias, g, eps):
+    """Layer norm of each row over its C channels (the last axis), scale and bias per channel,
+    and its exact backward. Returns (y, (dx, dscale, dbias))."""
+    x = np.asarray(x, np.float64)
+    c = x.shape[-1]
+    xs, gs = x.reshape(-1, c), np.asarray(g, np.float64).reshape(-1, c)
+    y, dx = np.zeros_like(xs), np.zeros_like(xs)
+    dscale, dbias = np.zeros(c), np.zeros(c)
+    for row in range(xs.shape[0]):
+        gy = gs[row]
+        xhat, dv = _normalised(xs[row], [gy[k] * scale[k] for k in range(c)], eps)
+        for k in range(c):
+            y[row, k] = xhat[k] * scale[k] + bias[k]
+            dbias[k] += gy[k]
+            dscale[k] += gy[k] * xhat[k]
+            dx[row, k] = dv[k]
     return y.reshape(x.shape), (dx.reshape(x.shape), dscale, dbias)
 
 
@@ -80,6 +103,17 @@ def batch_norm_backward(g, x, scale, bias, *, eps=1e-5):
     """(dx, dscale, dbias) of batch_norm(x, scale, bias) for the output cotangent g, exact
     through the batch mean and variance."""
     return _batch_norm(x, scale, bias, g, eps)[1]
+
+
+def layer_norm(x, scale, bias, *, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) * scale + bias per row, over the last axis."""
+    return _layer_norm(x, scale, bias, np.zeros(np.shape(x)), eps)[0]
+
+
+def layer_norm_backward(g, x, scale, bias, *, eps=1e-5):
+    """(dx, dscale, dbias) of layer_norm(x, scale, bias) for the output cotangent g, exact
+    through each row's mean and variance."""
+    return _layer_norm(x, scale, bias, g, eps)[1]
 
 
 def _softmax_cross_entropy(logits, labels, g, eps=0.0):
