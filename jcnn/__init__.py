@@ -7,8 +7,9 @@ from jcnn import layers, models, reference
 from jcnn.check import CheckFailed, check_model, check_vjp
 from jcnn.forward_mode import hessian, jacfwd, jvp, linearize
 from jcnn.ops import (avg_pool2d, batch_norm, conv2d, conv_transpose2d, dense, dropout, elu,
-                      flatten, gelu, global_avg_pool2d, layer_norm, leaky_relu, log_softmax,
-                      max_pool2d, relu, sigmoid, silu, softmax_cross_entropy, softplus, tanh)
+                      flatten, gelu, global_avg_pool2d, group_norm, layer_norm, leaky_relu,
+                      log_softmax, max_pool2d, relu, sigmoid, silu, softmax_cross_entropy,
+                      softplus, tanh)
 
 __all__ = [
     "reference",
@@ -32,6 +33,7 @@ __all__ = [
     "global_avg_pool2d",
     "batch_norm",
     "layer_norm",
+    "group_norm",
     "dropout",
     "log_softmax",
     "softmax_cross_entropy",

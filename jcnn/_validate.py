@@ -318,6 +318,22 @@ def layer_norm_check(x, scale, bias, eps, op: str = "layer_norm") -> float:
     return eps
 
 
+def group_norm_check(x, groups, scale, bias, eps, op: str = "group_norm") -> tuple[float, int]:
+    if np.ndim(x) < 2:
+        raise ValueError(f"{op}: x must have rank >= 2 (batch, ..., channels), "
+                         f"got shape {np.shape(x)}")
+    groups = _groups(op, groups)
+    c = np.shape(x)[-1]
+    if c % groups:
+        raise ValueError(f"{op}: groups={groups} must divide x's {c} channels "
+                         f"(x shape {np.shape(x)})")
+    eps = _affine_norm_check(x, scale, bias, eps, op)
+    if eps == 0 and math.prod(np.shape(x)[1:-1]) * (c // groups) == 1:  # var = 0 for sure
+        raise ValueError(f"{op}: eps = 0 needs more than one element per group to divide by "
+                         f"a nonzero variance; x shape {np.shape(x)}, groups={groups}")
+    return eps, groups
+
+
 def _affine_norm_check(x, scale, bias, eps, op: str) -> float:
     """Float x, scale and bias of x's last axis, and eps finite and >= 0."""
     check_float(op, x=x, scale=scale, bias=bias)

@@ -208,6 +208,19 @@ def layer_norm(*, eps: float = 1e-5, ops: ModuleType = hand_ops) -> Layer:
     return Layer(init, apply, "layer_norm")
 
 
+def group_norm(groups: int, *, eps: float = 1e-5, ops: ModuleType = hand_ops) -> Layer:
+    """Group normalisation: each sample's channels in `groups` groups, each normalised over its
+    channels and positions, in training and evaluation alike. params: `scale` (C,) ones,
+    `bias` (C,) zeros; no state."""
+    def init(key, input_shape):
+        c = input_shape[-1]
+        return {"scale": jnp.ones((c,), jnp.float32), "bias": jnp.zeros((c,), jnp.float32)}, {}
+
+    def apply(params, state, x, *, train, key=None):
+        return ops.group_norm(x, groups, params["scale"], params["bias"], eps=eps), state
+    return Layer(init, apply, "group_norm")
+
+
 def dropout(rate: float, *, ops: ModuleType = hand_ops) -> Layer:
     """Inverted dropout in training (`key` required), the identity in evaluation."""
     rate = rate_check(rate, "dropout layer")  # now, not at the first training step
@@ -276,4 +289,5 @@ def residual(body: Layer, shortcut: Optional[Layer] = None) -> Layer:
 
 __all__ = ["Layer", "output_shape", "conv2d", "dense", "relu", "leaky_relu", "gelu", "sigmoid",
            "tanh", "silu", "elu", "softplus", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
-           "flatten", "batch_norm", "layer_norm", "dropout", "serial", "residual", "split_key"]
+           "flatten", "batch_norm", "layer_norm", "group_norm", "dropout", "serial", "residual",
+           "split_key"]

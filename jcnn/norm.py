@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn._sharding import alike
-from jcnn._validate import batch_norm_check, layer_norm_check
+from jcnn._validate import batch_norm_check, group_norm_check, layer_norm_check
 from jcnn.forms import by_platform
 from jcnn.forms import norm as norm_forms
 
@@ -46,23 +46,23 @@ def _channel(v, ndim):
     return v.reshape((1,) * (ndim - 1) + (-1,))
 
 
+def _normalised(eps, v, axes):
+    """xhat = (v - mu) r and r = 1 / sqrt(var + eps), the statistics over `axes` of v."""
+    mu = jnp.mean(v, axis=axes, keepdims=True)
+    centred = v - mu
+    r = lax.rsqrt(jnp.mean(centred * centred, axis=axes, keepdims=True) + eps)
+    return centred * r, r
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _batch_norm(eps: float, x: Array, scale: Array, bias: Array) -> Array:
-    return _normalised(eps, x)[0] * _channel(scale, x.ndim) + _channel(bias, x.ndim)
-
-
-def _normalised(eps, x):
-    """xhat = (x - mu) r and r = 1 / sqrt(var + eps), (1, .., C)."""
-    mu = jnp.mean(x, axis=_axes(x), keepdims=True)
-    centred = x - mu
-    r = lax.rsqrt(jnp.mean(centred * centred, axis=_axes(x), keepdims=True) + eps)
-    return centred * r, r
+    return _normalised(eps, x, _axes(x))[0] * _channel(scale, x.ndim) + _channel(bias, x.ndim)
 
 
 def _batch_norm_fwd(eps, x, scale, bias):
     # y through the rule itself, so that second order differentiates it by this rule; XLA
     # computes the statistics once for both
-    xhat, r = _normalised(eps, x)
+    xhat, r = _normalised(eps, x, _axes(x))
     # residuals: xhat (what both dx and dscale read) and r, (1, .., C). Saving x instead is the
     # same size but needs mu too, and the backward would redo (x - mu) * r.
     return _batch_norm(eps, x, scale, bias), (xhat, r, scale)
@@ -119,35 +119,82 @@ def layer_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Arr
     return _layer_norm(eps, *alike(x, scale, bias))
 
 
-def _row_normalised(eps, x):
-    """xhat = (x - mu) r and r = 1 / sqrt(var + eps), (..., 1), over the last axis."""
-    mu = jnp.mean(x, axis=-1, keepdims=True)
-    centred = x - mu
-    r = lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)
-    return centred * r, r
+def group_norm(x: Array, groups: int, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
+    """x (N, ..., C), scale (C,), bias (C,) -> (N, ..., C), each sample's channels split into
+    `groups` groups of C // groups, each normalised over its channels and every position
+    (NHWC: over H, W and C / groups; PyTorch's F.group_norm). groups = C is instance norm,
+    groups = 1 layer norm over (H, W, C)."""
+    eps, groups = group_norm_check(x, groups, scale, bias, eps)
+    return _group_norm(eps, groups, *alike(x, scale, bias))
+
+
+# Both are one normalisation of a view of x: the view's `axes` hold each group's elements, and
+# scale broadcasts over the view as `scale_view` (layer norm: x itself, its last axis; group
+# norm: x as (N, ..., G, C/G), the positions and the last axis). With the view's G, xhat, r:
+#     dx = r * (Gh - mean(Gh) - xhat * mean(Gh * xhat)),  Gh = G * scale,  means over `axes`,
+# and dscale, dbias sum G * xhat and G over every axis of x but its channels.
+
+def _affine_norm_bwd(axes, xhat, r, scale_view, g, x_ndim: int):
+    """(dx, dscale, dbias) of a view of an x of rank `x_ndim`: dx in the view's shape, dscale
+    and dbias (C,), summed over x's axes but its channels (the view's first x_ndim - 1)."""
+    acc = jnp.promote_types(g.dtype, jnp.float32)
+    gh = g * scale_view
+    # the group means in float32 at least, rounded once (as batch norm's channel sums)
+    mean_gh, mean_ghx = (jnp.mean(v.astype(acc), axis=axes, keepdims=True).astype(g.dtype)
+                         for v in (gh, gh * xhat))
+    over = tuple(range(x_ndim - 1))
+    dscale, dbias = (jnp.sum(v.astype(acc), axis=over).reshape(-1).astype(g.dtype)
+                     for v in (g * xhat, g))
+    return r * (gh - mean_gh - xhat * mean_ghx), dscale, dbias
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _layer_norm(eps: float, x: Array, scale: Array, bias: Array) -> Array:
-    return _row_normalised(eps, x)[0] * _channel(scale, x.ndim) + _channel(bias, x.ndim)
+    return _normalised(eps, x, (-1,))[0] * _channel(scale, x.ndim) + _channel(bias, x.ndim)
 
 
 def _layer_norm_fwd(eps, x, scale, bias):
     # y through the rule itself, so that second order differentiates it by this rule
-    xhat, r = _row_normalised(eps, x)
+    xhat, r = _normalised(eps, x, (-1,))
     return _layer_norm(eps, x, scale, bias), (xhat, r, scale)
 
 
 def _layer_norm_bwd(eps, res, g):
     xhat, r, scale = res
-    acc = jnp.promote_types(g.dtype, jnp.float32)
-    gh = g * _channel(scale, g.ndim)
-    # the row means in float32 at least, rounded once (as batch norm's channel sums)
-    mean_gh, mean_ghx = (jnp.mean(v.astype(acc), axis=-1, keepdims=True).astype(g.dtype)
-                         for v in (gh, gh * xhat))
-    rows = tuple(range(g.ndim - 1))
-    dscale, dbias = (jnp.sum(v.astype(acc), axis=rows).astype(g.dtype) for v in (g * xhat, g))
-    return r * (gh - mean_gh - xhat * mean_ghx), dscale, dbias
+    return _affine_norm_bwd((-1,), xhat, r, _channel(scale, g.ndim), g, g.ndim)
 
 
 _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+def _groups_view(groups: int, v: Array) -> Array:
+    """(N, ..., C) as (N, ..., G, C / G)."""
+    return v.reshape(*v.shape[:-1], groups, v.shape[-1] // groups)
+
+
+def _group_axes(ndim: int) -> tuple:
+    """The view's axes of one group: every position (1 .. ndim-2) and the last."""
+    return tuple(range(1, ndim - 1)) + (ndim,)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _group_norm(eps: float, groups: int, x: Array, scale: Array, bias: Array) -> Array:
+    xhat = _normalised(eps, _groups_view(groups, x), _group_axes(x.ndim))[0].reshape(x.shape)
+    return xhat * _channel(scale, x.ndim) + _channel(bias, x.ndim)
+
+
+def _group_norm_fwd(eps, groups, x, scale, bias):
+    # y through the rule itself, so that second order differentiates it by this rule
+    xhat, r = _normalised(eps, _groups_view(groups, x), _group_axes(x.ndim))
+    return _group_norm(eps, groups, x, scale, bias), (xhat, r, scale)
+
+
+def _group_norm_bwd(eps, groups, res, g):
+    xhat, r, scale = res
+    scale_view = _groups_view(groups, _channel(scale, g.ndim))
+    dx, dscale, dbias = _affine_norm_bwd(_group_axes(g.ndim), xhat, r, scale_view,
+                                         _groups_view(groups, g), g.ndim)
+    return dx.reshape(g.shape), dscale, dbias
+
+
+_group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)

@@ -148,6 +148,16 @@ def layer_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Arr
             + _per_channel(bias, x.ndim))
 
 
+def group_norm(x: Array, groups: int, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
+    eps, groups = v.group_norm_check(x, groups, scale, bias, eps)
+    xg = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
+    mean = jnp.mean(xg, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
+    xhat = ((xg - mean) * lax.rsqrt(var + eps)).reshape(x.shape)
+    return xhat * _per_channel(scale, x.ndim) + _per_channel(bias, x.ndim)
+
+
 def dropout(x: Array, rate: float, key: Array) -> Array:
     rate = v.dropout_check(x, rate, key)
     if rate == 0:

@@ -198,14 +198,14 @@ def test_activation_layers_apply_their_op_in_both_namespaces(name, kwargs, rng):
         np.testing.assert_allclose(y, getattr(reference, name)(x, **kwargs), rtol=1e-12)
 
 
-def test_layer_norm_layer_normalises_each_row_in_training_and_evaluation(key, rng):
+@pytest.mark.parametrize("name, args", [("layer_norm", ()), ("group_norm", (2,))])
+def test_norm_layers_normalise_in_training_and_evaluation_alike(name, args, key, rng):
     x = jnp.asarray(rng.standard_normal((2, 3, 3, 4)), jnp.float32)  # the params' dtype
     for ops in (jcnn, reference):
-        layer = L.layer_norm(ops=ops)
+        layer = getattr(L, name)(*args, ops=ops)
         params, state = layer.init(key, x.shape)
         assert state == {} and params["scale"].shape == params["bias"].shape == (4,)
         for train in (True, False):
             y, _ = layer.apply(params, state, x, train=train)
-            np.testing.assert_allclose(y, reference.layer_norm(x, params["scale"],
-                                                               params["bias"]), rtol=1e-5,
-                                       atol=1e-6)
+            want = getattr(reference, name)(x, *args, params["scale"], params["bias"])
+            np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)

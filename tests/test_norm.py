@@ -279,3 +279,67 @@ def test_layer_norm_rows_are_independent_and_each_is_normalised():
     np.testing.assert_allclose(jnp.var(y, axis=-1), 1, rtol=1e-12)
     y2 = jcnn.layer_norm(x.at[0].mul(3.0).at[0].add(7.0), jnp.ones(6), jnp.zeros(6), eps=0.0)
     np.testing.assert_allclose(y2[1:], y[1:], rtol=1e-12)
+
+
+GN_CASES = [  # (x shape, groups, eps)
+    pytest.param((2, 3, 3, 6), 3, 1e-5, id="NHWC-3-groups"),
+    pytest.param((2, 3, 3, 6), 6, 1e-5, id="instance-norm"),
+    pytest.param((2, 3, 3, 6), 1, 1e-5, id="one-group"),
+    pytest.param((3, 4, 4), 2, 0.5, id="NLC-large-eps"),
+    pytest.param((2, 5, 2), 2, 0.0, id="eps0"),
+]
+
+
+@pytest.mark.parametrize("shape, groups, eps", GN_CASES)
+def test_group_norm_three_ways_to_second_order(shape, groups, eps):
+    """Against autodiff of the reference (first and second order, jointly in x, scale, bias),
+    float64 finite differences and the loops (`jcnn.naive.group_norm_backward`)."""
+    f = jax.jit(lambda x, s, b: jcnn.group_norm(x, groups, s, b, eps=eps))
+    ref = jax.jit(lambda x, s, b: reference.group_norm(x, groups, s, b, eps=eps))
+    args = bn_args(*shape)
+    assert_matches_reference(f, ref, args, (0, 1, 2))
+    assert_second_order_matches(f, ref, args, (0, 1, 2))
+    assert_finite_differences(f, args, (0, 1, 2), order=2)
+    g = jnp.asarray(np.random.default_rng(7).standard_normal(shape))
+    y, pull = jax.vjp(f, *args)
+    x, scale, bias = args
+    np.testing.assert_allclose(y, naive.group_norm(x, groups, scale, bias, eps=eps), rtol=1e-10,
+                               atol=1e-12)
+    dx, _, dscale, dbias = naive.group_norm_backward(g, x, groups, scale, bias, eps=eps)
+    for got, want, name in zip(pull(g), (dx, dscale, dbias), ("dx", "dscale", "dbias")):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+def test_group_norm_with_one_group_per_channel_is_instance_norm_and_one_group_layer_norm():
+    """groups = C normalises each channel of each sample over its positions; groups = 1 each
+    sample over every position and channel."""
+    x, scale, bias = (np.asarray(a) for a in bn_args(2, 3, 4, 5))
+    per_channel = (x - x.mean(axis=(1, 2), keepdims=True)) / np.sqrt(
+        x.var(axis=(1, 2), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(jcnn.group_norm(jnp.asarray(x), 5, scale, bias),
+                               per_channel * scale + bias, rtol=1e-10, atol=1e-12)
+    flat = x.reshape(2, -1)
+    flat = ((flat - flat.mean(axis=1, keepdims=True))
+            / np.sqrt(flat.var(axis=1, keepdims=True) + 1e-5)).reshape(x.shape)
+    np.testing.assert_allclose(jcnn.group_norm(jnp.asarray(x), 1, scale, bias),
+                               flat * scale + bias, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_group_norm_low_precision_matches_float64(dtype):
+    """The rule run in `dtype` against autodiff in float64 on the very same rounded inputs."""
+    f = jax.jit(lambda x, s, b: jcnn.group_norm(x, 2, s, b))
+    in_f64 = jax.jit(lambda *a: reference.group_norm(*as_dtype(a[:1], jnp.float64), 2,
+                                                     *as_dtype(a[1:], jnp.float64))
+                     .astype(dtype))
+    assert_matches_reference(f, in_f64, as_dtype(bn_args(3, 4, 4, 8), dtype), (0, 1, 2),
+                             rtol=tol(dtype))
+
+
+def test_group_norm_of_an_empty_batch_is_empty_with_zero_parameter_gradients():
+    x, scale, bias = (jnp.zeros((0, 3, 3, 4)), jnp.ones(4), jnp.zeros(4))
+    y, pull = jax.vjp(lambda *a: jcnn.group_norm(a[0], 2, *a[1:]), x, scale, bias)
+    dx, dscale, dbias = pull(jnp.zeros(y.shape))
+    assert y.shape == x.shape and dx.shape == x.shape
+    np.testing.assert_array_equal(dscale, 0)
+    np.testing.assert_array_equal(dbias, 0)

@@ -94,6 +94,8 @@ CASES = {
     "batch_norm": Case(lambda m: m.batch_norm, (("n", 2, 2, 4), (4,), (4,)),
                        sharded=((None, None, None, "d"), ("d",), ("d",))),
     "layer_norm": Case(lambda m: m.layer_norm, (("n", 2, 2, 4), (4,), (4,))),
+    "group_norm": Case(lambda m: lambda x, s, b: m.group_norm(x, 2, s, b),
+                       (("n", 2, 2, 4), (4,), (4,))),
     "dropout": Case(_dropout, (("n", 3, 4),)),
     "log_softmax": Case(lambda m: m.log_softmax, (("n", 5),)),
     "softmax_cross_entropy": Case(lambda m: m.softmax_cross_entropy, (("n", 5), LABELS)),

@@ -6,13 +6,13 @@ signature, and `op_backward(g, *inputs, **config)`, the output cotangent `g` fir
 tuple of cotangents, one per input in order (None for an absent bias and for integer labels),
 in float64."""
 from jcnn.naive.conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
-from jcnn.naive.layers import (batch_norm, batch_norm_backward, dense, dense_backward, layer_norm,
-                               layer_norm_backward, softmax_cross_entropy,
-                               softmax_cross_entropy_backward)
+from jcnn.naive.layers import (batch_norm, batch_norm_backward, dense, dense_backward, group_norm,
+                               group_norm_backward, layer_norm, layer_norm_backward,
+                               softmax_cross_entropy, softmax_cross_entropy_backward)
 from jcnn.naive.pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
            "dense", "dense_backward", "batch_norm", "batch_norm_backward", "layer_norm",
-           "layer_norm_backward",
+           "layer_norm_backward", "group_norm", "group_norm_backward",
            "softmax_cross_entropy", "softmax_cross_entropy_backward", "max_pool2d",
            "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"]

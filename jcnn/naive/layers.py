@@ -94,6 +94,30 @@ def _layer_norm(x, scale, bias, g, eps):
     return y.reshape(x.shape), (dx.reshape(x.shape), dscale, dbias)
 
 
+def _group_norm(x, groups, scale, bias, g, eps):
+    """Group norm of each sample's channel groups over their positions and C / groups
+    channels, scale and bias per channel, and its exact backward. Returns
+    (y, (dx, dscale, dbias))."""
+    x = np.asarray(x, np.float64)
+    n, c = x.shape[0], x.shape[-1]
+    xs, gs = x.reshape(n, -1, c), np.asarray(g, np.float64).reshape(n, -1, c)
+    y, dx = np.zeros_like(xs), np.zeros_like(xs)
+    dscale, dbias = np.zeros(c), np.zeros(c)
+    size = c // groups
+    for b in range(n):
+        for grp in range(groups):
+            cells = [(p, ch) for p in range(xs.shape[1])
+                     for ch in range(grp * size, (grp + 1) * size)]
+            xhat, dv = _normalised([xs[b, p, ch] for p, ch in cells],
+                                   [gs[b, p, ch] * scale[ch] for p, ch in cells], eps)
+            for k, (p, ch) in enumerate(cells):
+                y[b, p, ch] = xhat[k] * scale[ch] + bias[ch]
+                dbias[ch] += gs[b, p, ch]
+                dscale[ch] += gs[b, p, ch] * xhat[k]
+                dx[b, p, ch] = dv[k]
+    return y.reshape(x.shape), (dx.reshape(x.shape), dscale, dbias)
+
+
 def batch_norm(x, scale, bias, *, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * scale + bias per channel, over every axis but the last."""
     return _batch_norm(x, scale, bias, np.zeros(np.shape(x)), eps)[0]
@@ -108,6 +132,18 @@ def batch_norm_backward(g, x, scale, bias, *, eps=1e-5):
 def layer_norm(x, scale, bias, *, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * scale + bias per row, over the last axis."""
     return _layer_norm(x, scale, bias, np.zeros(np.shape(x)), eps)[0]
+
+
+def group_norm(x, groups, scale, bias, *, eps=1e-5):
+    """Per sample, each group of C / groups channels normalised over them and every position."""
+    return _group_norm(x, groups, scale, bias, np.zeros(np.shape(x)), eps)[0]
+
+
+def group_norm_backward(g, x, groups, scale, bias, *, eps=1e-5):
+    """(dx, None, dscale, dbias) of group_norm(x, groups, scale, bias) for the output cotangent
+    g (None for the int `groups`), exact through each group's mean and variance."""
+    dx, dscale, dbias = _group_norm(x, groups, scale, bias, g, eps)[1]
+    return dx, None, dscale, dbias
 
 
 def layer_norm_backward(g, x, scale, bias, *, eps=1e-5):
