@@ -29,7 +29,8 @@ from jcnn import conv, reference
 from jcnn.bench import harness as bench
 from jcnn import layers as L
 from jcnn._validate import pool_config
-from jcnn.forms.pool import _index_dtype, _max_of
+from jcnn._windows import max_of as _max_of
+from jcnn.forms.pool import _index_dtype
 from jcnn.pool import _place, _windows
 
 

@@ -33,6 +33,14 @@ def window_views(x: jax.Array, window: IntPair, stride: IntPair, dilation: IntPa
             for i in range(window[0]) for j in range(window[1])]
 
 
+def max_of(views: list[jax.Array]) -> jax.Array:
+    """The elementwise maximum of the views (NaN if any is NaN): each window's max."""
+    y = views[0]
+    for v in views[1:]:
+        y = jnp.maximum(y, v)
+    return y
+
+
 def place_views(parts: list[jax.Array], window: IntPair, stride: IntPair, pads: Pads,
                 in_hw: IntPair) -> jax.Array:
     """The adjoint of `window_views` (dilation 1): part k (N, OH, OW, C) goes back to the input

@@ -180,14 +180,20 @@ def _conv2d_bwd(cfg, res, g):
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _conv2d_dx(cfg: ConvConfig, g: Array, w: Array) -> Array:
+    w, pads = _flipped(cfg, w)
+    plain = partial(_spread_correlate, cfg, pads)
+    return by_platform(plain, conv_forms.input_gradient(cfg, g, w, pads), g, w)
+
+
+def _flipped(cfg: ConvConfig, w: Array):
+    """The input gradient's kernel and padding: w's window flipped, (kh, kw, C/G, O) ->
+    (kh, kw, C, O/G), read as HWOI (C out, O/G in); padded d*(k-1) - t before, - b after."""
     kh, kw, c_g, o = w.shape
-    # flip the window; (kh, kw, C/G, O) -> (kh, kw, C, O/G), read as HWOI: C out, O/G in
     w = w[::-1, ::-1].reshape(kh, kw, c_g, cfg.groups, o // cfg.groups)
     w = jnp.moveaxis(w, 3, 2).reshape(kh, kw, cfg.groups * c_g, o // cfg.groups)
     pads = tuple((d * (k - 1) - lo, d * (k - 1) - hi) for k, d, (lo, hi) in
                  zip((kh, kw), cfg.dilation, cfg.pads))
-    plain = partial(_spread_correlate, cfg, pads)
-    return by_platform(plain, conv_forms.input_gradient(cfg, g, w, pads), g, w)
+    return w, pads
 
 
 def _spread_correlate(cfg: ConvConfig, pads, g: Array, w: Array) -> Array:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jcnn._validate import PoolConfig, avg_pool_counts, flag_check, global_pool_check, pool_config
-from jcnn._windows import place_views, window_views
+from jcnn._windows import max_of, place_views, window_views
 from jcnn.forms import by_platform
 from jcnn.forms import pool as pool_forms
 
@@ -51,11 +51,7 @@ def _place(parts: list[Array], cfg: PoolConfig, in_hw) -> Array:
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _max_pool(cfg: PoolConfig, x: Array) -> Array:
-    views = _windows(x, cfg, -jnp.inf)
-    y = views[0]
-    for v in views[1:]:
-        y = jnp.maximum(y, v)
-    return y
+    return max_of(_windows(x, cfg, -jnp.inf))
 
 
 def _max_pool_fwd(cfg, x):

@@ -133,29 +133,30 @@ def global_avg_pool2d(x: Array) -> Array:
 
 def batch_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
     eps = v.batch_norm_check(x, scale, bias, eps)
-    axes = tuple(range(x.ndim - 1))
+    return _affine(_standardised(x, tuple(range(x.ndim - 1)), eps), scale, bias)
+
+
+def _standardised(x: Array, axes: tuple, eps: float) -> Array:
+    """(x - mean) / sqrt(var + eps), the biased statistics over `axes`."""
     mean = jnp.mean(x, axis=axes, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-    return ((x - mean) * lax.rsqrt(var + eps) * _per_channel(scale, x.ndim)
-            + _per_channel(bias, x.ndim))
+    return (x - mean) * lax.rsqrt(var + eps)
+
+
+def _affine(xhat: Array, scale: Array, bias: Array) -> Array:
+    return xhat * _per_channel(scale, xhat.ndim) + _per_channel(bias, xhat.ndim)
 
 
 def layer_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
     eps = v.layer_norm_check(x, scale, bias, eps)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return ((x - mean) * lax.rsqrt(var + eps) * _per_channel(scale, x.ndim)
-            + _per_channel(bias, x.ndim))
+    return _affine(_standardised(x, (-1,), eps), scale, bias)
 
 
 def group_norm(x: Array, groups: int, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
     eps, groups = v.group_norm_check(x, groups, scale, bias, eps)
     xg = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
-    axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
-    mean = jnp.mean(xg, axis=axes, keepdims=True)
-    var = jnp.mean(jnp.square(xg - mean), axis=axes, keepdims=True)
-    xhat = ((xg - mean) * lax.rsqrt(var + eps)).reshape(x.shape)
-    return xhat * _per_channel(scale, x.ndim) + _per_channel(bias, x.ndim)
+    xhat = _standardised(xg, tuple(range(1, x.ndim - 1)) + (x.ndim,), eps)
+    return _affine(xhat.reshape(x.shape), scale, bias)
 
 
 def dropout(x: Array, rate: float, key: Array) -> Array:

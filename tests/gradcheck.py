@@ -96,7 +96,11 @@ def assert_finite_differences(f, args, argnums, order=1):
                 modes=["rev"], atol=1e-5, rtol=1e-5, eps=1e-6)
 
 
+def lowered(f, platform: str, *args) -> str:
+    """f's StableHLO as lowered for `platform`, whatever this host's default backend: the
+    platform `jcnn/forms/` chooses its forms by."""
+    return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
 def cpu_text(f, *args) -> str:
-    """f's StableHLO as lowered for CPU, whatever this host's default backend: the platform the
-    CPU forms (`jcnn/forms/`) are chosen for."""
-    return jax.jit(f).trace(*args).lower(lowering_platforms=("cpu",)).as_text()
+    return lowered(f, "cpu", *args)

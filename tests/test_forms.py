@@ -25,11 +25,7 @@ from jcnn import conv, pool, reference
 from jcnn._validate import conv2d_config, pool_config
 from jcnn.forms import conv as conv_forms
 from jcnn.forms import pool as pool_forms
-from gradcheck import assert_matches_reference, assert_second_order_matches
-
-
-def lowered(f, platform, *args) -> str:
-    return jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+from gradcheck import assert_matches_reference, assert_second_order_matches, lowered
 
 
 def conv_case(x_shape, w_shape, kw, seed=0):
@@ -69,11 +65,7 @@ def test_each_conv_form_computes_the_plain_rule(_, x_shape, w_shape, kw, forms):
     assert (form is not None) == (forms[0] is not None)
     if form is not None:
         np.testing.assert_allclose(form(x, w), plain_y(x, w), rtol=1e-12, atol=1e-12)
-    kh, kw_, c_g, o = w.shape
-    w_t = jnp.moveaxis(w[::-1, ::-1].reshape(kh, kw_, c_g, cfg.groups, o // cfg.groups), 3, 2)
-    w_t = w_t.reshape(kh, kw_, cfg.groups * c_g, o // cfg.groups)
-    pads = tuple((d * (k - 1) - lo, d * (k - 1) - hi) for k, d, (lo, hi) in
-                 zip((kh, kw_), cfg.dilation, cfg.pads))
+    w_t, pads = conv._flipped(cfg, w)
     plain_dx = partial(conv._spread_correlate, cfg, pads)
     form = conv_forms.input_gradient(cfg, g, w_t, pads)
     assert (form is not None) == (forms[1] is not None)

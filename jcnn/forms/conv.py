@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jcnn._validate import out_size
 from jcnn._windows import window_views
 from jcnn.forms import static_batch
 
@@ -106,7 +107,7 @@ def _tap_sum(cfg, x: Array, w: Array, parts: int = 4) -> Array:
     acc = jnp.promote_types(x.dtype, jnp.float32)
     kh, kw, _, o = w.shape
     taps = w.astype(acc).reshape(kh * kw, 1, 1, 1, o)
-    out_hw = tuple((n + lo + hi - d * (k - 1) - 1) // s + 1 for n, k, s, d, (lo, hi) in
+    out_hw = tuple(out_size(n, k, s, d, lo, hi) for n, k, s, d, (lo, hi) in
                    zip(x.shape[1:3], (kh, kw), cfg.stride, cfg.dilation, cfg.pads))
 
     def tap_sum(xs):

@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jcnn._windows import place_views, window_views
+from jcnn._validate import pool_out_hw
+from jcnn._windows import max_of, place_views, window_views
 from jcnn.forms import static_batch
 
 Array = jax.Array
@@ -37,13 +38,6 @@ def _views(x: Array, cfg) -> list[Array]:
     return window_views(x, cfg.window, cfg.stride, (1, 1), cfg.pads, -jnp.inf)
 
 
-def _max_of(views: list[Array]) -> Array:
-    y = views[0]
-    for v in views[1:]:
-        y = jnp.maximum(y, v)
-    return y
-
-
 def _index_dtype(k: int):
     """int8 index: the window has at most 127 positions here; wider only when it must be."""
     return jnp.int8 if k <= 127 else jnp.int16 if k <= 32767 else jnp.int32
@@ -56,7 +50,7 @@ def _tiled(cfg) -> bool:
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _argmax_pool(cfg, x: Array) -> Array:
-    return _max_and_bits(cfg, x)[0] if _tiled(cfg) else _max_of(_views(x, cfg))
+    return _max_and_bits(cfg, x)[0] if _tiled(cfg) else max_of(_views(x, cfg))
 
 
 def _argmax_pool_fwd(cfg, x):
@@ -90,9 +84,9 @@ def _tiles(x: Array, cfg, fill) -> Array:
     """Tiling windows as a reshape: x padded with `fill` (negative padding crops the rows no
     window reaches) to (N, OH*kh, OW*kw, C), read as (N, OH, kh, OW, kw, C), so that window
     (y, x) position (i, j) is [:, y, i, x, j]."""
-    (kh, kw), ((top, bottom), (left, right)) = cfg.window, cfg.pads
+    (kh, kw), ((top, _), (left, _)) = cfg.window, cfg.pads
     n, h, w, c = x.shape
-    oh, ow = (h + top + bottom - kh) // kh + 1, (w + left + right - kw) // kw + 1
+    oh, ow = pool_out_hw(x.shape, cfg)
     xp = lax.pad(x, jnp.array(fill, x.dtype), ((0, 0, 0), (top, oh * kh - h - top, 0),
                                                (left, ow * kw - w - left, 0), (0, 0, 0)))
     return xp.reshape(n, oh, kh, ow, kw, c)

@@ -75,25 +75,6 @@ def _batch_norm(x, scale, bias, g, eps):
     return y.reshape(x.shape), (dx.reshape(x.shape), dscale, dbias)
 
 
-def _layer_norm(x, scale, bias, g, eps):
-    """Layer norm of each row over its C channels (the last axis), scale and bias per channel,
-    and its exact backward. Returns (y, (dx, dscale, dbias))."""
-    x = np.asarray(x, np.float64)
-    c = x.shape[-1]
-    xs, gs = x.reshape(-1, c), np.asarray(g, np.float64).reshape(-1, c)
-    y, dx = np.zeros_like(xs), np.zeros_like(xs)
-    dscale, dbias = np.zeros(c), np.zeros(c)
-    for row in range(xs.shape[0]):
-        gy = gs[row]
-        xhat, dv = _normalised(xs[row], [gy[k] * scale[k] for k in range(c)], eps)
-        for k in range(c):
-            y[row, k] = xhat[k] * scale[k] + bias[k]
-            dbias[k] += gy[k]
-            dscale[k] += gy[k] * xhat[k]
-            dx[row, k] = dv[k]
-    return y.reshape(x.shape), (dx.reshape(x.shape), dscale, dbias)
-
-
 def _group_norm(x, groups, scale, bias, g, eps):
     """Group norm of each sample's channel groups over their positions and C / groups
     channels, scale and bias per channel, and its exact backward. Returns
@@ -127,6 +108,14 @@ def batch_norm_backward(g, x, scale, bias, *, eps=1e-5):
     """(dx, dscale, dbias) of batch_norm(x, scale, bias) for the output cotangent g, exact
     through the batch mean and variance."""
     return _batch_norm(x, scale, bias, g, eps)[1]
+
+
+def _layer_norm(x, scale, bias, g, eps):
+    """Layer norm: group norm of each row as a sample of one position, in one group."""
+    rows = (-1, 1, np.shape(x)[-1])
+    y, (dx, dscale, dbias) = _group_norm(np.reshape(x, rows), 1, scale, bias,
+                                         np.reshape(g, rows), eps)
+    return y.reshape(np.shape(x)), (dx.reshape(np.shape(x)), dscale, dbias)
 
 
 def layer_norm(x, scale, bias, *, eps=1e-5):
