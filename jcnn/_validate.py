@@ -112,9 +112,7 @@ def check_float(op: str, **arrays) -> None:
     for name, a in arrays.items():
         if a is None:
             continue
-        if isinstance(a, (list, tuple)):  # as jnp does; its own message would print them whole
-            raise TypeError(f"{op}: {name} must be an array, got a {type(a).__name__}; "
-                            f"convert it with jnp.asarray")
+        check_array(op, name, a)
         dtype = jnp.result_type(a)
         if dtype not in FLOAT_DTYPES:
             raise TypeError(f"{op}: {name} must be a floating array (float16, bfloat16, float32 "
@@ -125,10 +123,16 @@ def check_float(op: str, **arrays) -> None:
         raise TypeError(f"{op}: arrays must share one dtype, got {listed}")
 
 
-def check_rank(op: str, name: str, a, rank: int, layout: str) -> None:
+def check_array(op: str, name: str, a) -> None:
+    """An array or scalar, not a list or tuple: jnp refuses those too, with a message that
+    prints them whole."""
     if isinstance(a, (list, tuple)):
         raise TypeError(f"{op}: {name} must be an array, got a {type(a).__name__}; "
                         f"convert it with jnp.asarray")
+
+
+def check_rank(op: str, name: str, a, rank: int, layout: str) -> None:
+    check_array(op, name, a)
     if np.ndim(a) != rank:
         raise ValueError(f"{op}: {name} must have rank {rank} ({layout}), "
                          f"got shape {tuple(np.shape(a))}")
