@@ -1,5 +1,5 @@
-"""`jcnn train | verify | bench`: each subcommand lives in its own module of this package
-(`jcnn.cli.train`, `jcnn.cli.verify`, `jcnn.cli.bench`), which exposes `configure(parser)` to
+"""`jcnn train | verify | bench | predict | evaluate`: each subcommand lives in its own module
+of this package (`jcnn.cli.train`, `jcnn.cli.verify`, ...), which exposes `configure(parser)` to
 add its options and `run(args) -> int` to do the work. Modules are imported only when their
 subcommand runs, so `jcnn verify` never loads optax or matplotlib."""
 from __future__ import annotations
@@ -15,6 +15,8 @@ COMMANDS = {
     "verify": ("jcnn.cli.verify",
                "check every op's gradients against autodiff, finite differences and NumPy"),
     "bench": ("jcnn.cli.bench", "time a training step: hand rules vs autodiff (vs PyTorch)"),
+    "predict": ("jcnn.cli.predict", "label images with a trained run"),
+    "evaluate": ("jcnn.cli.evaluate", "a trained run's test accuracy and confusion matrix"),
 }
 
 
@@ -33,7 +35,8 @@ def output_file(text: str) -> Path:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="jcnn", description=__doc__.split(":")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,verify,bench}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{" + ",".join(COMMANDS) + "}")
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

@@ -30,10 +30,9 @@ from jcnn.train.data import batches, load_dataset
 from jcnn.train.parallel import (batch_sharded, check_batch_size, data_mesh, put, replicated,
                                  shard_batch)
 from jcnn.train.step import TrainState, evaluate, init_train_state, make_eval_step, make_train_step
+from jcnn.train.trained import inference_config
 
-MODELS = {"lenet": models.lenet,
-          "resnet8": functools.partial(models.resnet, depth=8),
-          "resnet20": functools.partial(models.resnet, depth=20)}
+MODELS = models.BY_NAME
 OPTIMIZERS = {"sgd": optax.sgd,
               "momentum": functools.partial(optax.sgd, momentum=0.9, nesterov=True),
               "adam": optax.adam,
@@ -133,6 +132,7 @@ def _setup(config: dict, data_dir: Optional[str], resume_from: Optional[Path]
     """Data, mesh, model, compiled steps, the TrainState (fresh or resumed, on the mesh) and
     the initial first-layer kernel (for filters.png; the init is a function of the seed)."""
     data = load_dataset(config["data"], data_dir)
+    config.update(inference_config(data))  # saved with the checkpoint, for jcnn.load_trained
     if config["batch_size"] > len(data.train_labels):
         raise SystemExit(f"jcnn train: --batch-size {config['batch_size']} is more than the "
                          f"{len(data.train_labels)} training images of {data.name}")

@@ -37,6 +37,11 @@ PathLike = Union[str, os.PathLike]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 NUM_CLASSES = 10  # every dataset here has ten classes
+# What each dataset's images are: (height, width, channels), and the largest pixel value, which
+# the loaders divide by (digits are 0..16, the others bytes 0..255).
+INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion-mnist": (28, 28, 1),
+                "cifar10": (32, 32, 3)}
+PIXEL_MAX = {"digits": 16, "mnist": 255, "fashion-mnist": 255, "cifar10": 255}
 
 _MNIST_FILES = "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], " \
                "t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]"
@@ -79,11 +84,11 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None) -> Dataset:
 
 
 def _dataset(name: str, train_images: np.ndarray, train_labels: np.ndarray,
-             test_images: np.ndarray, test_labels: np.ndarray, top: int) -> Dataset:
-    """uint8 NHWC images with pixel values 0..top and uint8 labels -> a `Dataset`."""
+             test_images: np.ndarray, test_labels: np.ndarray) -> Dataset:
+    """uint8 NHWC images with pixel values 0..PIXEL_MAX[name] and uint8 labels -> a `Dataset`."""
     def scaled(images: np.ndarray) -> np.ndarray:
         x = images.astype(np.float32, order="C")  # order: CIFAR arrives as a transposed view
-        x /= top
+        x /= PIXEL_MAX[name]
         return x
     return Dataset(scaled(train_images), train_labels.astype(np.int32),
                    scaled(test_images), test_labels.astype(np.int32), NUM_CLASSES, name)
@@ -92,7 +97,7 @@ def _dataset(name: str, train_images: np.ndarray, train_labels: np.ndarray,
 def _load_digits() -> Dataset:
     with resources.files("jcnn").joinpath("assets/digits.npz").open("rb") as f, np.load(f) as z:
         return _dataset("digits", z["train_images"][..., None], z["train_labels"],
-                        z["test_images"][..., None], z["test_labels"], top=16)
+                        z["test_images"][..., None], z["test_labels"])
 
 
 def _find(folders: list[Path], filename: str) -> Path:
@@ -131,11 +136,14 @@ _IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "
               0x0D: "float32", 0x0E: "float64"}
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An IDX file of unsigned bytes with `ndim` dimensions -> uint8 array of the header's shape.
-    Labels files have magic number 2049 (ndim 1), images files 2051 (ndim 3)."""
+def _read_idx(path: Path, ndim: Optional[int]) -> np.ndarray:
+    """An IDX file of unsigned bytes with `ndim` dimensions (None: as many as its header says)
+    -> uint8 array of the header's shape. Labels files have magic number 2049 (ndim 1), images
+    files 2051 (ndim 3)."""
     raw = _read_bytes(path)
-    header = 4 + 4 * ndim
+    if ndim is None and len(raw) >= 4:
+        ndim = raw[3]
+    header = 4 + 4 * (ndim or 0)
     expected = (_UBYTE << 8) | ndim
     if len(raw) < header:
         raise ValueError(f"{path}: truncated: {len(raw)} bytes, shorter than the {header}-byte "
@@ -159,6 +167,12 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
+def read_idx_images(path: PathLike) -> np.ndarray:
+    """The uint8 array of an IDX file of unsigned bytes (raw, or gzipped if its name ends in
+    .gz), in the shape its header gives: (N, H, W) images, say, for `jcnn predict`."""
+    return _read_idx(Path(path), None)
+
+
 def _load_idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     """images (n, 28, 28, 1) uint8 and labels (n,) uint8 from `{prefix}-*-idx?-ubyte[.gz]`."""
     images_path = _find([folder], f"{prefix}-images-idx3-ubyte")
@@ -176,8 +190,7 @@ def _load_idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_idx_dataset(folder: Path, name: str) -> Dataset:
     """MNIST or Fashion-MNIST, which share file names and format."""
-    return _dataset(name, *_load_idx_split(folder, "train"), *_load_idx_split(folder, "t10k"),
-                    top=255)
+    return _dataset(name, *_load_idx_split(folder, "train"), *_load_idx_split(folder, "t10k"))
 
 
 _CIFAR_RECORD = 1 + 3 * 32 * 32  # a label byte, then the R, G and B planes, 32x32 each
@@ -203,7 +216,7 @@ def _load_cifar10(folder: Path) -> Dataset:
     test_path = _find(folders, "test_batch.bin")
     train_images, train_labels = zip(*map(_read_cifar, train_paths))
     return _dataset("cifar10", np.concatenate(train_images), np.concatenate(train_labels),
-                    *_read_cifar(test_path), top=255)
+                    *_read_cifar(test_path))
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -271,5 +284,6 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: in
             yield images[rows], labels[rows], mask
 
 
-__all__ = ["DATASETS", "NUM_CLASSES", "REMAINDERS", "Dataset", "load_dataset", "channel_stats",
-           "standardize", "num_batches", "batches"]
+__all__ = ["DATASETS", "NUM_CLASSES", "INPUT_SHAPES", "PIXEL_MAX", "REMAINDERS", "Dataset",
+           "load_dataset", "channel_stats", "standardize", "read_idx_images", "num_batches",
+           "batches"]
