@@ -8,7 +8,7 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 COMMANDS = {
     "train": ("jcnn.cli.train", "train a CNN with the hand-derived gradients"),
@@ -30,6 +30,32 @@ def output_file(text: str) -> Path:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
     return path
+
+
+def option_checks(parser: argparse.ArgumentParser, keys: Iterable[str]
+                  ) -> dict[str, Callable[[Any], Optional[str]]]:
+    """For each of `keys` (option dests), a check that a value read back from a file (a saved
+    config) is one the option could have given: in its choices, of its type and accepted by
+    it (`_positive` refuses -1). The check returns what is wrong, or None."""
+    actions = {a.dest: a for a in parser._actions}
+
+    def check(action: argparse.Action) -> Callable[[Any], Optional[str]]:
+        def problem(value) -> Optional[str]:
+            if action.choices is not None:
+                return None if value in action.choices else \
+                    f"not one of {', '.join(map(str, action.choices))}"
+            if action.type is None:  # a flag (bool) or a plain string
+                kind = bool if isinstance(action.const, bool) else str
+                return None if type(value) is kind else f"not a {kind.__name__}"
+            try:
+                parsed = action.type(str(value))
+            except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+                return f"not a valid {action.option_strings[0]} ({e})"
+            if type(value) is bool or parsed != value:  # "5" for an int, 2.5 for an int
+                return f"not a valid {action.option_strings[0]} (a {type(value).__name__})"
+            return None
+        return problem
+    return {key: check(actions[key]) for key in keys}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

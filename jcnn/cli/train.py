@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import jcnn
 from jcnn import models, reference
+from jcnn.cli import option_checks
 from jcnn.train.atomic import atomic_open
 from jcnn.train.checkpoint import load_checkpoint, read_config, save_checkpoint
 from jcnn.train.data import batches, load_dataset
@@ -95,7 +96,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="multi-host: call jax.distributed.initialize() first (Slurm, Open "
                              "MPI and Cloud TPU are detected); run the same command on every host")
     # what each option is when not given, so that --resume can tell which ones were given
-    parser.set_defaults(config_defaults={k: parser.get_default(k) for k in CONFIG_KEYS})
+    parser.set_defaults(config_defaults={k: parser.get_default(k) for k in CONFIG_KEYS},
+                        config_checks=option_checks(parser, CONFIG_KEYS))
 
 
 class _Setup(NamedTuple):
@@ -116,7 +118,7 @@ def _config(args) -> tuple[dict, dict]:
         return config, _no_partial()
     if args.out is None or not (args.out / CHECKPOINT).exists():
         raise SystemExit(f"jcnn train: --resume needs --out DIR holding {CHECKPOINT}")
-    config = read_config(args.out / CHECKPOINT)
+    config = read_config(args.out / CHECKPOINT, required=args.config_checks)
     defaults = getattr(args, "config_defaults", {})
     ignored = [k for k in CONFIG_KEYS if k in defaults and getattr(args, k) != defaults[k]
                and getattr(args, k) != config[k]]

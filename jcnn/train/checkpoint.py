@@ -82,6 +82,12 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+# What numpy and zipfile raise on a damaged .npz. RuntimeError: a flipped flag bit makes
+# zipfile see an encrypted member, or (its subclass NotImplementedError) an unknown compression.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, KeyError,
+                RuntimeError)
+
+
 @contextlib.contextmanager
 def _opened(path: str | os.PathLike) -> Iterator[Any]:
     """The `np.load`ed .npz at `path`. Whatever goes wrong inside the block while reading it
@@ -94,6 +100,11 @@ def _opened(path: str | os.PathLike) -> Iterator[Any]:
         kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
         raise CheckpointError(f"checkpoint {path}: is {kind}, not a checkpoint file")
     try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        if not head.startswith((b"PK\x03\x04", b"\x93NUMPY")):
+            raise CheckpointError(f"checkpoint {path}: not an .npz file (" + (
+                "empty" if not head else "it starts with neither a zip nor a .npy header") + ")")
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise CheckpointError(f"checkpoint {path}: a single .npy array, not a checkpoint "
@@ -102,7 +113,7 @@ def _opened(path: str | os.PathLike) -> Iterator[Any]:
             yield data
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, KeyError) as e:
+    except _READ_ERRORS as e:
         raise CheckpointError(f"checkpoint {path}: corrupt or not a checkpoint: "
                               f"{_one_line(e)}") from e
 
