@@ -235,3 +235,15 @@ def test_the_command_line_prints_labels_and_fails_in_one_line(run, trained, raw,
     assert proc.returncode == 1
     assert proc.stderr == f"jcnn predict: {tmp_path}: a directory without a checkpoint.npz " \
                           f"(not a jcnn train --out directory?)\n"
+
+
+def test_evaluate_on_another_dataset_s_images_says_what_it_expected(run, tmp_path):
+    for prefix, n in (("train", 3), ("t10k", 2)):
+        (tmp_path / f"{prefix}-images-idx3-ubyte").write_bytes(
+            _idx(np.zeros((n, 28, 28), np.uint8)))
+        (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(_idx(np.zeros(n, np.uint8)))
+    with pytest.raises(SystemExit, match=r"^jcnn evaluate: Trained: images must be "
+                                         r"\(N, 8, 8, 1\).* got shape \(2, 28, 28, 1\)$"):
+        main(["evaluate", str(run), "--data", "mnist", "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match=f"^jcnn evaluate: .*{tmp_path / 'none'}"):
+        main(["evaluate", str(run), "--data", "mnist", "--data-dir", str(tmp_path / "none")])
