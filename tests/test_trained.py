@@ -167,7 +167,7 @@ def test_a_dir_without_a_checkpoint_and_a_file_that_is_not_one_are_named(tmp_pat
         jcnn.load_trained(tmp_path)
     text = tmp_path / "notes.txt"
     text.write_text("hello\n")
-    with pytest.raises(CheckpointError, match=f"checkpoint {text}: corrupt or not a checkpoint"):
+    with pytest.raises(CheckpointError, match=f"checkpoint {text}: not an .npz file"):
         jcnn.load_trained(text)
 
 
