@@ -43,4 +43,15 @@ __all__ = [
     "linearize",
     "jacfwd",
     "hessian",
+    "load_trained",
+    "Trained",
 ]
+
+
+def __getattr__(name: str):
+    """`jcnn.load_trained` and `jcnn.Trained` import `jcnn.train.trained` (and optax) on first
+    use, so that `import jcnn` stays light."""
+    if name in ("load_trained", "Trained"):
+        from jcnn.train import trained
+        return getattr(trained, name)
+    raise AttributeError(f"module 'jcnn' has no attribute {name!r}")

@@ -3,6 +3,7 @@
 same key) with autodiff gradients instead of the hand-derived ones."""
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 
 from jcnn import ops as hand_ops
@@ -58,4 +59,10 @@ def resnet(num_classes: int, depth: int = 20, *, width: int = 16,
                     L.global_avg_pool2d(ops=ops), L.dense(num_classes, ops=ops))
 
 
-__all__ = ["lenet", "basic_block", "resnet"]
+# The models `jcnn train --model NAME` builds and `jcnn.load_trained` rebuilds, by name: each
+# takes (num_classes, *, ops).
+BY_NAME = {"lenet": lenet,
+           "resnet8": functools.partial(resnet, depth=8),
+           "resnet20": functools.partial(resnet, depth=20)}
+
+__all__ = ["lenet", "basic_block", "resnet", "BY_NAME"]

@@ -110,3 +110,137 @@ def test_config_is_plain_json(tree, tmp_path):
     checkpoint.save_checkpoint(path, tree, {"nested": {"a": [1, 2]}})
     with np.load(path, allow_pickle=False) as data:
         assert json.loads(str(data["__config__"])) == {"nested": {"a": [1, 2]}}
+
+
+# ---- damaged files: one CheckpointError naming the file and the reason ---------------------
+
+def _npz(path, **arrays):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _good(path, tree):
+    checkpoint.save_checkpoint(path, tree, {"model": "lenet"})
+
+
+def _truncated(path, tree):
+    _good(path, tree)
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+def _flipped(path, tree):
+    """One bit of params/0_conv2d/w's data flipped: the zip's CRC-32 no longer matches."""
+    _good(path, tree)
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(np.arange(24, dtype=np.float32).tobytes()) + 17] ^= 4
+    path.write_bytes(bytes(raw))
+
+
+DAMAGED = {
+    "missing": (lambda p, t: None, "No such file or directory"),
+    "empty": (lambda p, t: p.write_bytes(b""), "not an .npz file \\(empty\\)"),
+    "truncated": (_truncated, "corrupt or not a checkpoint: .*zip"),
+    "bit-flipped": (_flipped, "corrupt or not a checkpoint: Bad CRC-32"),
+    "zero-filled": (lambda p, t: (_good(p, t), p.write_bytes(bytes(p.stat().st_size))),
+                    "not an .npz file \\(it starts with neither a zip nor a .npy header\\)"),
+    "garbage": (lambda p, t: p.write_bytes(bytes(range(7, 250)) * 5),
+                "not an .npz file \\(it starts with neither a zip nor a .npy header\\)"),
+    "text": (lambda p, t: p.write_text("model: lenet\n"),
+             "not an .npz file \\(it starts with neither a zip nor a .npy header\\)"),
+    "npy": (lambda p, t: np.save(open(p, "wb"), np.ones(3)), "a single .npy array"),
+    "foreign npz": (lambda p, t: _npz(p, x=np.ones(2)), "no __config__ entry"),
+    "config not JSON": (lambda p, t: _npz(p, __config__=np.asarray("{model")),
+                        "__config__ is not valid JSON"),
+    "config a list": (lambda p, t: _npz(p, __config__=np.asarray("[1]")),
+                      "the config is a list, not a JSON object"),
+    "directory": (lambda p, t: p.mkdir(), "is a directory, not a checkpoint file"),
+    "fifo": (lambda p, t: os.mkfifo(p), "is not a regular file, not a checkpoint file"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED)
+def test_a_damaged_checkpoint_raises_one_error_naming_the_file(damage, tree, tmp_path):
+    make, says = DAMAGED[damage]
+    path = tmp_path / "ckpt.npz"
+    make(path, tree)
+    read_config, read_tree = checkpoint.read_config, lambda p: checkpoint.load_checkpoint(p, tree)
+    readers = {"config not JSON": [read_config], "config a list": [read_config],
+               "foreign npz": [read_config], "bit-flipped": [read_tree]}  # the flip is in w
+    for fn in readers.get(damage, [read_config, read_tree]):
+        with pytest.raises(checkpoint.CheckpointError, match=f"^checkpoint {path}: {says}") as e:
+            fn(path)
+        assert "\n" not in str(e.value) and isinstance(e.value, ValueError)
+
+
+def test_a_checkpoint_missing_arrays_is_named(tree, tmp_path):
+    path = tmp_path / "ckpt.npz"
+    checkpoint.save_checkpoint(path, {"params": tree["params"]}, {})
+    with pytest.raises(checkpoint.CheckpointError, match="missing \\['key', 'opt_state/0/count'"):
+        checkpoint.load_checkpoint(path, like=tree)
+    # strict=False reads a part of what is stored, never less than the template
+    part = checkpoint.load_checkpoint(tmp_path / "ckpt.npz", like={"params": tree["params"]})
+    _assert_same(part, {"params": tree["params"]})
+    full = tmp_path / "full.npz"
+    checkpoint.save_checkpoint(full, tree)
+    with pytest.raises(checkpoint.CheckpointError, match="unexpected \\['key', 'opt_state"):
+        checkpoint.load_checkpoint(full, like={"params": tree["params"]})
+    _assert_same(checkpoint.load_checkpoint(full, like={"params": tree["params"]}, strict=False),
+                 {"params": tree["params"]})
+
+
+def test_every_single_bit_flip_is_caught_or_harmless(tree, tmp_path, pytestconfig):
+    """Flip one bit of each byte in turn (of every 4th byte unless --runslow): loading either
+    raises CheckpointError or gives back exactly what was saved (a flip in a zip field nobody
+    reads), never anything else, nor another exception (zipfile's RuntimeError for a flipped
+    encryption flag, NotImplementedError for a compression method)."""
+    path, bad = tmp_path / "ckpt.npz", tmp_path / "bad.npz"
+    _good(path, tree)
+    raw = path.read_bytes()
+    caught = 0
+    for i in range(0, len(raw), 1 if pytestconfig.getoption("--runslow") else 4):
+        flipped = bytearray(raw)
+        flipped[i] ^= 1 << (i % 8)
+        bad.write_bytes(bytes(flipped))
+        try:
+            loaded, config = checkpoint.load_checkpoint(bad, like=tree), checkpoint.read_config(bad)
+        except checkpoint.CheckpointError:
+            caught += 1
+            continue
+        _assert_same(loaded, tree)
+        assert config == {"model": "lenet"}
+    assert caught > len(raw) // (2 if pytestconfig.getoption("--runslow") else 8)
+
+
+# ---- a saved run config that `jcnn train --resume` would use ---------------------------------
+
+@pytest.fixture
+def train_checks():
+    import argparse
+
+    from jcnn.cli import option_checks
+    from jcnn.cli import train as T
+    parser = argparse.ArgumentParser()
+    T.configure(parser)
+    defaults = {k: parser.get_default(k) for k in T.CONFIG_KEYS}
+    return option_checks(parser, T.CONFIG_KEYS), {**defaults, "lr": 0.003}
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"model": None}, "the saved config has no 'model'"),
+    ({"model": "vgg"}, "the saved config's model 'vgg': not one of lenet, resnet20, resnet8"),
+    ({"lr": -1}, "the saved config's lr -1: not a valid --lr \\(must be > 0, got -1\\)"),
+    ({"lr": "fast"}, "the saved config's lr 'fast': not a valid --lr \\(not a number"),
+    ({"batch_size": 2.5}, "batch_size 2.5: not a valid --batch-size \\(not a number"),
+    ({"batch_size": True}, "batch_size True: not a valid --batch-size"),
+    ({"seed": "5"}, "seed '5': not a valid --seed \\(a str\\)"),
+    ({"lr_decay": 0}, "lr_decay 0: not a valid --lr-decay \\(must be > 0"),
+])
+def test_a_tampered_run_config_is_named(change, says, train_checks, tree, tmp_path):
+    checks, config = train_checks
+    path = tmp_path / "ckpt.npz"
+    checkpoint.save_checkpoint(path, tree, config)
+    assert checkpoint.read_config(path, required=checks) == config
+    tampered = {k: v for k, v in {**config, **change}.items() if v is not None}
+    checkpoint.save_checkpoint(path, tree, tampered)
+    with pytest.raises(checkpoint.CheckpointError, match=f"^checkpoint {path}: .*{says}"):
+        checkpoint.read_config(path, required=checks)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import jcnn.train.data
-from jcnn.train.data import (DATASETS, batches, channel_stats, load_dataset, num_batches,
-                       standardize)
+from jcnn.train.data import (DATASETS, DataError, MissingDataError, batches, channel_stats,
+                             load_dataset, num_batches, read_idx_images, standardize)
 
 # ---------------------------------------------------------------- embedded digits
 
@@ -84,8 +84,13 @@ def test_digits_takes_no_data_dir(tmp_path):
 
 
 def test_data_dir_must_exist(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(MissingDataError, match="nowhere") as e:
         load_dataset("mnist", tmp_path / "nowhere")
+    assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, DataError)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(MissingDataError, match=f"data_dir '{tmp_path / 'a-file'}' is not a "
+                                               f"directory"):
+        load_dataset("cifar10", tmp_path / "a-file")
 
 
 # ---------------------------------------------------------------- MNIST / Fashion-MNIST (IDX)
@@ -166,6 +171,30 @@ IDX_CORRUPT = [
     ("bad-gzip", lambda folder, arrays: (folder / "t10k-labels-idx1-ubyte").rename(
         folder / "t10k-labels-idx1-ubyte.gz"),
      "t10k-labels-idx1-ubyte.gz", "not a valid gzip file"),
+    ("truncated-gzip", lambda folder, arrays: (folder / "t10k-images-idx3-ubyte").rename(
+        write(folder / "t10k-images-idx3-ubyte.gz",
+              gzip.compress(idx_bytes(arrays["t10k"][0]))[:-20]).with_suffix(".moved")),
+     "t10k-images-idx3-ubyte.gz", "not a valid gzip file \\(Compressed file ended"),
+    ("garbage", _replace(TRAIN_IMAGES, lambda a: bytes(range(256)) * 3),
+     TRAIN_IMAGES, "IDX data type code 0x02 \\(not a valid code\\)"),
+    ("empty-file", _replace(TRAIN_LABELS, lambda a: b""),
+     TRAIN_LABELS, "truncated: 0 bytes, shorter than the 8-byte IDX header"),
+    ("dims-overflow-int64", _replace(TRAIN_IMAGES, lambda a: bytes([0, 0, 8, 3]) + b"\xff" * 12),
+     TRAIN_IMAGES, "truncated: the header gives shape \\(4294967295, 4294967295, 4294967295\\), "
+                   "so 79228162458924105385300197391 bytes, but the file has 16"),
+    # 2**22 * 2**21 * 2**21 = 2**64 is 0 in int64 arithmetic: the header alone would "fit"
+    ("dims-product-wraps-to-0", _replace(TRAIN_IMAGES, lambda a: bytes([0, 0, 8, 3])
+                                         + np.asarray([2**22, 2**21, 2**21], ">u4").tobytes()),
+     TRAIN_IMAGES, "truncated: the header gives shape \\(4194304, 2097152, 2097152\\), so "
+                   "18446744073709551632 bytes, but the file has 16"),
+    ("empty-test-split", _replace("t10k-images-idx3-ubyte", lambda a: idx_bytes(
+        np.zeros((0, 28, 28), np.uint8))),
+     "t10k-images-idx3-ubyte", "holds no images \\(an empty t10k split\\)"),
+    ("labels-missing", lambda folder, arrays: (folder / "t10k-labels-idx1-ubyte").unlink(),
+     "t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte not found: looked for"),
+    ("directory-in-its-place", lambda folder, arrays: (
+        (folder / TRAIN_LABELS).unlink(), (folder / TRAIN_LABELS).mkdir()),
+     TRAIN_LABELS, "not found: looked for"),
 ]
 
 
@@ -173,18 +202,29 @@ IDX_CORRUPT = [
                          ids=[c[0] for c in IDX_CORRUPT])
 def test_idx_corrupt(tmp_path, rng, corrupt, filename, says):
     corrupt(tmp_path, make_idx(tmp_path, rng))
-    with pytest.raises(ValueError, match=says) as e:
+    with pytest.raises(DataError, match=says) as e:
         load_dataset("mnist", tmp_path)
-    assert str(tmp_path / filename) in str(e.value)
+    assert str(tmp_path / filename) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_idx_missing_file_lists_names_tried(tmp_path, rng):
     make_idx(tmp_path, rng)
     (tmp_path / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(MissingDataError) as e:
         load_dataset("fashion-mnist", tmp_path)
     for tried in ("t10k-labels-idx1-ubyte", "t10k-labels-idx1-ubyte.gz"):
         assert str(tmp_path / tried) in str(e.value)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4), (2, 5), (2, 3, 3, 3)])
+def test_read_idx_images_takes_the_header_s_dimensions(tmp_path, rng, shape):
+    images = rng.integers(0, 256, shape, dtype=np.uint8)
+    np.testing.assert_array_equal(read_idx_images(write(tmp_path / "x", idx_bytes(images))),
+                                  images)
+    np.testing.assert_array_equal(read_idx_images(write(tmp_path / "x", idx_bytes(images), True)),
+                                  images)
+    with pytest.raises(DataError, match="truncated"):
+        read_idx_images(write(tmp_path / "y", idx_bytes(images)[:-1]))
 
 
 # ---------------------------------------------------------------- CIFAR-10
@@ -230,7 +270,7 @@ def test_cifar_wrong_length(tmp_path, rng, cut):
     make_cifar(tmp_path, rng)
     path = tmp_path / "data_batch_3.bin"
     path.write_bytes(path.read_bytes()[:-cut])
-    with pytest.raises(ValueError, match="multiple of 3073") as e:
+    with pytest.raises(DataError, match="multiple of 3073") as e:
         load_dataset("cifar10", tmp_path)
     assert str(path) in str(e.value)
 
@@ -239,7 +279,7 @@ def test_cifar_label_out_of_range(tmp_path, rng):
     make_cifar(tmp_path, rng)
     path = tmp_path / "test_batch.bin"
     path.write_bytes(b"\xff" + path.read_bytes()[1:])
-    with pytest.raises(ValueError, match="label 255 at index 0") as e:
+    with pytest.raises(DataError, match="label 255 at index 0") as e:
         load_dataset("cifar10", tmp_path)
     assert str(path) in str(e.value)
 
@@ -247,7 +287,7 @@ def test_cifar_label_out_of_range(tmp_path, rng):
 def test_cifar_missing_file_lists_names_tried(tmp_path, rng):
     make_cifar(tmp_path, rng)
     (tmp_path / "data_batch_5.bin").unlink()
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(MissingDataError) as e:
         load_dataset("cifar10", tmp_path)
     for tried in ("cifar-10-batches-bin/data_batch_5.bin", "data_batch_5.bin",
                   "data_batch_5.bin.gz"):

@@ -24,16 +24,16 @@ from tqdm import tqdm
 
 import jcnn
 from jcnn import models, reference
+from jcnn.cli import option_checks
 from jcnn.train.atomic import atomic_open
 from jcnn.train.checkpoint import load_checkpoint, read_config, save_checkpoint
 from jcnn.train.data import batches, load_dataset
 from jcnn.train.parallel import (batch_sharded, check_batch_size, data_mesh, put, replicated,
                                  shard_batch)
 from jcnn.train.step import TrainState, evaluate, init_train_state, make_eval_step, make_train_step
+from jcnn.train.trained import inference_config
 
-MODELS = {"lenet": models.lenet,
-          "resnet8": functools.partial(models.resnet, depth=8),
-          "resnet20": functools.partial(models.resnet, depth=20)}
+MODELS = models.BY_NAME
 OPTIMIZERS = {"sgd": optax.sgd,
               "momentum": functools.partial(optax.sgd, momentum=0.9, nesterov=True),
               "adam": optax.adam,
@@ -96,7 +96,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="multi-host: call jax.distributed.initialize() first (Slurm, Open "
                              "MPI and Cloud TPU are detected); run the same command on every host")
     # what each option is when not given, so that --resume can tell which ones were given
-    parser.set_defaults(config_defaults={k: parser.get_default(k) for k in CONFIG_KEYS})
+    parser.set_defaults(config_defaults={k: parser.get_default(k) for k in CONFIG_KEYS},
+                        config_checks=option_checks(parser, CONFIG_KEYS))
 
 
 class _Setup(NamedTuple):
@@ -117,7 +118,7 @@ def _config(args) -> tuple[dict, dict]:
         return config, _no_partial()
     if args.out is None or not (args.out / CHECKPOINT).exists():
         raise SystemExit(f"jcnn train: --resume needs --out DIR holding {CHECKPOINT}")
-    config = read_config(args.out / CHECKPOINT)
+    config = read_config(args.out / CHECKPOINT, required=args.config_checks)
     defaults = getattr(args, "config_defaults", {})
     ignored = [k for k in CONFIG_KEYS if k in defaults and getattr(args, k) != defaults[k]
                and getattr(args, k) != config[k]]
@@ -133,6 +134,7 @@ def _setup(config: dict, data_dir: Optional[str], resume_from: Optional[Path]
     """Data, mesh, model, compiled steps, the TrainState (fresh or resumed, on the mesh) and
     the initial first-layer kernel (for filters.png; the init is a function of the seed)."""
     data = load_dataset(config["data"], data_dir)
+    config.update(inference_config(data))  # saved with the checkpoint, for jcnn.load_trained
     if config["batch_size"] > len(data.train_labels):
         raise SystemExit(f"jcnn train: --batch-size {config['batch_size']} is more than the "
                          f"{len(data.train_labels)} training images of {data.name}")

@@ -15,8 +15,9 @@ to [0, 1], labels int32 in [0, 10).
   (50000, 32, 32, 3) train and (10000, 32, 32, 3) test images, pixels / 255.
 
 Files are read whole with `np.frombuffer` and checked before use (magic numbers, sizes, counts,
-label range): a bad file raises `ValueError` naming the file and what is wrong, a missing one
-`FileNotFoundError` naming every path looked for.
+label range, an empty split): a bad file raises `DataError` (a ValueError) naming the file and
+what is wrong, a missing one `MissingDataError` (a DataError and a FileNotFoundError) naming
+every path looked for.
 
 `batches` always yields `batch_size` rows, so one compiled step serves every batch:
 `remainder="drop"` for training skips the last partial batch, `remainder="pad"` for evaluation
@@ -25,6 +26,7 @@ fills it up and adds a float mask (1 real, 0 padding), so every example counts e
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from importlib import resources
@@ -37,6 +39,11 @@ PathLike = Union[str, os.PathLike]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 NUM_CLASSES = 10  # every dataset here has ten classes
+# What each dataset's images are: (height, width, channels), and the largest pixel value, which
+# the loaders divide by (digits are 0..16, the others bytes 0..255).
+INPUT_SHAPES = {"digits": (8, 8, 1), "mnist": (28, 28, 1), "fashion-mnist": (28, 28, 1),
+                "cifar10": (32, 32, 3)}
+PIXEL_MAX = {"digits": 16, "mnist": 255, "fashion-mnist": 255, "cifar10": 255}
 
 _MNIST_FILES = "train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], " \
                "t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]"
@@ -46,6 +53,15 @@ _WHAT_TO_PASS = {
     "cifar10": "data_batch_1.bin .. data_batch_5.bin and test_batch.bin "
                "(or a cifar-10-batches-bin/ folder with them)",
 }
+
+
+class DataError(ValueError):
+    """A dataset file that is missing, unreadable or not what it should be; the message (one
+    line) names the file."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A dataset file or folder that does not exist."""
 
 
 class Dataset(NamedTuple):
@@ -74,16 +90,16 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None) -> Dataset:
                          f"(--data-dir DIR), the folder holding {_WHAT_TO_PASS[name]}")
     folder = Path(data_dir).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"load_dataset: data_dir {str(folder)!r} is not a directory")
+        raise MissingDataError(f"load_dataset: data_dir {str(folder)!r} is not a directory")
     return _load_cifar10(folder) if name == "cifar10" else _load_idx_dataset(folder, name)
 
 
 def _dataset(name: str, train_images: np.ndarray, train_labels: np.ndarray,
-             test_images: np.ndarray, test_labels: np.ndarray, top: int) -> Dataset:
-    """uint8 NHWC images with pixel values 0..top and uint8 labels -> a `Dataset`."""
+             test_images: np.ndarray, test_labels: np.ndarray) -> Dataset:
+    """uint8 NHWC images with pixel values 0..PIXEL_MAX[name] and uint8 labels -> a `Dataset`."""
     def scaled(images: np.ndarray) -> np.ndarray:
         x = images.astype(np.float32, order="C")  # order: CIFAR arrives as a transposed view
-        x /= top
+        x /= PIXEL_MAX[name]
         return x
     return Dataset(scaled(train_images), train_labels.astype(np.int32),
                    scaled(test_images), test_labels.astype(np.int32), NUM_CLASSES, name)
@@ -92,7 +108,7 @@ def _dataset(name: str, train_images: np.ndarray, train_labels: np.ndarray,
 def _load_digits() -> Dataset:
     with resources.files("jcnn").joinpath("assets/digits.npz").open("rb") as f, np.load(f) as z:
         return _dataset("digits", z["train_images"][..., None], z["train_labels"],
-                        z["test_images"][..., None], z["test_labels"], top=16)
+                        z["test_images"][..., None], z["test_labels"])
 
 
 def _find(folders: list[Path], filename: str) -> Path:
@@ -102,26 +118,28 @@ def _find(folders: list[Path], filename: str) -> Path:
     for path in tried:
         if path.is_file():
             return path
-    raise FileNotFoundError(f"{filename} not found: looked for "
-                            f"{', '.join(str(p) for p in tried)}")
+    raise MissingDataError(f"{filename} not found: looked for "
+                           f"{', '.join(str(p) for p in tried)}")
 
 
 def _read_bytes(path: Path) -> bytes:
     """The file's bytes, decompressed if its name ends in .gz."""
-    if path.suffix != ".gz":
-        return path.read_bytes()
     try:
+        if path.suffix != ".gz":
+            return path.read_bytes()
         with gzip.open(path, "rb") as f:
             return f.read()
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: not a valid gzip file ({e})") from e
+        raise DataError(f"{path}: not a valid gzip file ({e})") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from e
 
 
 def _check_labels(path: Path, labels: np.ndarray) -> None:
     bad = np.flatnonzero(labels >= NUM_CLASSES)
     if bad.size:
-        raise ValueError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside "
-                         f"0..{NUM_CLASSES - 1} ({bad.size} label(s) out of range in all)")
+        raise DataError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is outside "
+                        f"0..{NUM_CLASSES - 1} ({bad.size} label(s) out of range in all)")
 
 
 # IDX (MNIST's format), big-endian: 0, 0, a type code, the number of dimensions, one uint32 per
@@ -131,32 +149,41 @@ _IDX_TYPES = {0x08: "unsigned byte", 0x09: "signed byte", 0x0B: "int16", 0x0C: "
               0x0D: "float32", 0x0E: "float64"}
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """An IDX file of unsigned bytes with `ndim` dimensions -> uint8 array of the header's shape.
-    Labels files have magic number 2049 (ndim 1), images files 2051 (ndim 3)."""
+def _read_idx(path: Path, ndim: Optional[int]) -> np.ndarray:
+    """An IDX file of unsigned bytes with `ndim` dimensions (None: as many as its header says)
+    -> uint8 array of the header's shape. Labels files have magic number 2049 (ndim 1), images
+    files 2051 (ndim 3)."""
     raw = _read_bytes(path)
-    header = 4 + 4 * ndim
-    expected = (_UBYTE << 8) | ndim
+    if ndim is None and len(raw) >= 4:
+        ndim = raw[3]
+    header = 4 + 4 * (ndim or 0)
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated: {len(raw)} bytes, shorter than the {header}-byte "
-                         f"IDX header")
+        raise DataError(f"{path}: truncated: {len(raw)} bytes, shorter than the {header}-byte "
+                        f"IDX header")
+    expected = (_UBYTE << 8) | ndim
     magic = int.from_bytes(raw[:4], "big")
     if raw[2] != _UBYTE:
-        raise ValueError(f"{path}: IDX data type code 0x{raw[2]:02X} "
-                         f"({_IDX_TYPES.get(raw[2], 'not a valid code')}), expected 0x08 "
-                         f"(unsigned byte): magic number {magic}, expected {expected}")
+        raise DataError(f"{path}: IDX data type code 0x{raw[2]:02X} "
+                        f"({_IDX_TYPES.get(raw[2], 'not a valid code')}), expected 0x08 "
+                        f"(unsigned byte): magic number {magic}, expected {expected}")
     if magic != expected:
         hint = (f"the data is gzipped: name the file {path.name}.gz" if raw[:2] == b"\x1f\x8b"
                 else "is this the right file?")
-        raise ValueError(f"{path}: magic number {magic} (0x{magic:08X}), expected {expected} "
-                         f"(0x{expected:08X}: unsigned bytes, {ndim} dimension(s)); {hint}")
+        raise DataError(f"{path}: magic number {magic} (0x{magic:08X}), expected {expected} "
+                        f"(0x{expected:08X}: unsigned bytes, {ndim} dimension(s)); {hint}")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    size = header + int(np.prod(shape))
+    size = header + math.prod(shape)  # Python ints: dims of 2**32 - 1 cannot wrap around
     if len(raw) != size:
         problem = "truncated" if len(raw) < size else "trailing bytes"
-        raise ValueError(f"{path}: {problem}: the header gives shape {shape}, so {size} bytes, "
-                         f"but the file has {len(raw)}")
+        raise DataError(f"{path}: {problem}: the header gives shape {shape}, so {size} bytes, "
+                        f"but the file has {len(raw)}")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def read_idx_images(path: PathLike) -> np.ndarray:
+    """The uint8 array of an IDX file of unsigned bytes (raw, or gzipped if its name ends in
+    .gz), in the shape its header gives: (N, H, W) images, say, for `jcnn predict`."""
+    return _read_idx(Path(path), None)
 
 
 def _load_idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -165,19 +192,20 @@ def _load_idx_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     labels_path = _find([folder], f"{prefix}-labels-idx1-ubyte")
     images, labels = _read_idx(images_path, 3), _read_idx(labels_path, 1)
     if images.shape[1:] != (28, 28):
-        raise ValueError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, "
-                         f"expected 28x28")
+        raise DataError(f"{images_path}: images are {images.shape[1]}x{images.shape[2]}, "
+                        f"expected 28x28")
+    if not len(images):
+        raise DataError(f"{images_path}: holds no images (an empty {prefix} split)")
     if len(images) != len(labels):
-        raise ValueError(f"{images_path} holds {len(images)} images but {labels_path} holds "
-                         f"{len(labels)} labels")
+        raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
+                        f"{len(labels)} labels")
     _check_labels(labels_path, labels)
     return images[..., None], labels
 
 
 def _load_idx_dataset(folder: Path, name: str) -> Dataset:
     """MNIST or Fashion-MNIST, which share file names and format."""
-    return _dataset(name, *_load_idx_split(folder, "train"), *_load_idx_split(folder, "t10k"),
-                    top=255)
+    return _dataset(name, *_load_idx_split(folder, "train"), *_load_idx_split(folder, "t10k"))
 
 
 _CIFAR_RECORD = 1 + 3 * 32 * 32  # a label byte, then the R, G and B planes, 32x32 each
@@ -187,9 +215,9 @@ def _read_cifar(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One CIFAR-10 binary batch -> images (n, 32, 32, 3) uint8 (a view), labels (n,) uint8."""
     raw = _read_bytes(path)
     if not raw or len(raw) % _CIFAR_RECORD:
-        raise ValueError(f"{path}: {len(raw)} bytes is not a positive multiple of "
-                         f"{_CIFAR_RECORD}, the size of a CIFAR-10 record (1 label byte + "
-                         f"3x32x32 pixel bytes): truncated or not a CIFAR-10 batch")
+        raise DataError(f"{path}: {len(raw)} bytes is not a positive multiple of "
+                        f"{_CIFAR_RECORD}, the size of a CIFAR-10 record (1 label byte + "
+                        f"3x32x32 pixel bytes): truncated or not a CIFAR-10 batch")
     records = np.frombuffer(raw, np.uint8).reshape(-1, _CIFAR_RECORD)
     _check_labels(path, records[:, 0])
     return records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), records[:, 0]
@@ -203,7 +231,7 @@ def _load_cifar10(folder: Path) -> Dataset:
     test_path = _find(folders, "test_batch.bin")
     train_images, train_labels = zip(*map(_read_cifar, train_paths))
     return _dataset("cifar10", np.concatenate(train_images), np.concatenate(train_labels),
-                    *_read_cifar(test_path), top=255)
+                    *_read_cifar(test_path))
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -271,5 +299,6 @@ def batches(images: np.ndarray, labels: np.ndarray, batch_size: int, *, seed: in
             yield images[rows], labels[rows], mask
 
 
-__all__ = ["DATASETS", "NUM_CLASSES", "REMAINDERS", "Dataset", "load_dataset", "channel_stats",
-           "standardize", "num_batches", "batches"]
+__all__ = ["DATASETS", "NUM_CLASSES", "INPUT_SHAPES", "PIXEL_MAX", "REMAINDERS", "DataError",
+           "MissingDataError", "Dataset", "load_dataset", "channel_stats", "standardize",
+           "read_idx_images", "num_batches", "batches"]

@@ -67,4 +67,19 @@ def plot_filters(before: np.ndarray, after: np.ndarray, path: str | os.PathLike)
     _save(fig, path)
 
 
-__all__ = ["plot_curves", "plot_filters"]
+def plot_confusion(matrix: np.ndarray, path: str | os.PathLike) -> None:
+    """A confusion matrix (rows: true label, columns: predicted) as an image, counts written in
+    its cells."""
+    classes = len(matrix)
+    fig = Figure(figsize=(1 + 0.5 * classes, 0.5 + 0.5 * classes), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=8,
+                color="white" if v > matrix.max() / 2 else "black")
+    ax.set(xlabel="predicted", ylabel="true label", xticks=range(classes),
+           yticks=range(classes), title=f"accuracy {np.trace(matrix) / max(matrix.sum(), 1):.2%}")
+    _save(fig, path)
+
+
+__all__ = ["plot_curves", "plot_filters", "plot_confusion"]
