@@ -1,8 +1,12 @@
-"""The figures of docs/backprop.md, drawn with matplotlib's Agg canvas (no window, no pyplot).
+"""The figures of docs/answer.md and docs/backprop.md, drawn with matplotlib's Agg canvas (no
+window, no pyplot).
 
     python docs/figures.py --out docs          # regenerates every PNG in docs/
 
 Writes:
+  conv1d_neurons.png   docs/answer.md's first picture: a 3-tap filter over 5 inputs as neurons
+                       whose connections are coloured by the shared weight they carry, the
+                       same layer as a 3x5 matrix, and each weight's gradient as a sum
   tied_matrix.png      conv2d of a 4x4 image with a 2x2 filter as a 9x16 matrix, each non-zero
                        coloured by the filter entry it is; below, the dense gradient G X^T on
                        the same cells, whose sums per colour are the filter gradient
@@ -35,14 +39,15 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Circle, Rectangle
 
 import jcnn
 from jcnn._validate import out_size
 from jcnn._validate import conv2d_config
 
 HERE = Path(__file__).resolve().parent
-FIGURES = ("tied_matrix.png", "stride_backward.png", "maxpool_routing.png", "filters.png")
+FIGURES = ("conv1d_neurons.png", "tied_matrix.png", "stride_backward.png", "maxpool_routing.png",
+           "filters.png")
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
 
@@ -131,6 +136,87 @@ def _show(ax, a, title, cmap="RdBu_r", limit=None, **numbers):
 
 
 # ---- figures ----------------------------------------------------------------------------------
+
+CONV1D_X = np.array([1.0, 2.0, 0.0, 3.0, 1.0])  # docs/answer.md, section 2
+CONV1D_W = np.array([1.0, -1.0, 2.0])  # the filter [a, b, c]
+CONV1D_G = np.array([1.0, -1.0, 0.5])  # the upstream gradient dL/dy
+
+
+def fig_conv1d_neurons(path: Path) -> None:
+    """docs/answer.md's first picture: a 3-tap filter over 5 inputs as a layer of neurons whose
+    connections are coloured by the filter entry they carry, the same layer as a 3x5 matrix,
+    and each entry's gradient as the sum over its connections."""
+    x, w, g = CONV1D_X, CONV1D_W, CONV1D_G
+    letters = "abc"
+    n, k = len(x), len(w)
+    m = n - k + 1
+    fig = Figure(figsize=(12, 6.2), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=(3, 1.6), width_ratios=(1.6, 1))
+    net, mat, sums = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), \
+        fig.add_subplot(grid[1, :])
+    xs_in, xs_out = np.arange(n) * 1.0, np.arange(m) * 1.0 + (k - 1) / 2
+    for out in range(m):
+        for tap in range(k):
+            net.plot([xs_in[out + tap], xs_out[out]], [0, 1], color=COLOURS[tap], linewidth=3,
+                     zorder=1)
+            mid = (0.3 * xs_in[out + tap] + 0.7 * xs_out[out], 0.7)
+            net.text(*mid, letters[tap], color=COLOURS[tap], fontsize=11, fontweight="bold",
+                     ha="center", va="center", zorder=3,
+                     bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none"))
+    y = np.array([w @ x[out:out + k] for out in range(m)])
+    for row, centres, names, values in ((0, xs_in, "x", x), (1, xs_out, "y", y)):
+        for i, (cx, v) in enumerate(zip(centres, values)):
+            net.add_patch(Circle((cx, row), 0.22, facecolor="#f4f4f4", edgecolor="black",
+                                 zorder=2))
+            net.text(cx, row, f"{names}{i}\n{v:g}", ha="center", va="center", fontsize=9,
+                     zorder=3)
+    for i, gv in enumerate(g):
+        net.text(xs_out[i], 1.33, f"g{i} = {gv:g}", ha="center", fontsize=9, color="#444444")
+    net.set_xlim(-0.5, n - 0.5)
+    net.set_ylim(-0.4, 1.5)
+    net.set_aspect("equal")
+    net.set_axis_off()
+    net.set_title(f"The filter [a, b, c] = [{', '.join(f'{v:g}' for v in w)}] slid over 5 "
+                  "inputs: 3 outputs, 9 connections, 3 weights.\nSparse: each output sees 3 "
+                  "of the 5 inputs. Shared: one colour = one number.", fontsize=10)
+
+    which = np.full((m, n), -1)
+    for out in range(m):
+        which[out, out:out + k] = range(k)
+    mat.imshow(which + 1, cmap=ListedColormap(["#f4f4f4", *COLOURS[:k]]), vmin=0, vmax=k)
+    _grid_axes(mat, which, "the same layer as y = M x: a 3x5 matrix,\neach row the filter "
+               "shifted one place (Toeplitz)")
+    mat.set_xticklabels([f"x{i}" for i in range(n)])
+    mat.set_yticklabels([f"y{i}" for i in range(m)])
+    for (r, c), t in np.ndenumerate(which):
+        mat.text(c, r, letters[t] if t >= 0 else ".", ha="center", va="center", fontsize=12,
+                 color="white" if t >= 0 else "black", fontweight="bold")
+
+    sums.set_axis_off()
+    sums.text(0, 0.97, "backwards: every connection x_k -> y_m with weight w sends x_k * g_m to "
+              "its weight and w * g_m to its input; a shared weight ADDS its messages:",
+              fontsize=10, va="top", transform=sums.transAxes)
+    for tap in range(k):
+        parts = " + ".join(f"x{out + tap}*g{out}" for out in range(m))
+        nums = " + ".join(f"{_lit(x[out + tap])}*{_lit(g[out])}" for out in range(m))
+        total = sum(x[out + tap] * g[out] for out in range(m))
+        sums.text(0.02, 0.75 - 0.2 * tap, f"d{letters[tap]} = {parts} = {nums} = {total:g}",
+                  color=COLOURS[tap], fontsize=11, fontweight="bold", va="top",
+                  family="monospace", transform=sums.transAxes)
+    mid = m - 1  # the input every output reads: the filter met backwards, c, b, a
+    parts = " + ".join(f"{letters[mid - out]}*g{out}" for out in range(m))
+    nums = " + ".join(f"{_lit(w[mid - out])}*{_lit(g[out])}" for out in range(m))
+    total = sum(w[mid - out] * g[out] for out in range(m))
+    sums.text(0.02, 0.1, f"dx{mid} = {parts} = {nums} = {total:g}   (the filter read backwards: "
+              "for dX it is rotated)", fontsize=11, va="top", family="monospace",
+              transform=sums.transAxes)
+    _save(fig, path)
+
+
+def _lit(v: float) -> str:
+    """-1 as (-1): the printed products read as arithmetic."""
+    return f"({v:g})" if v < 0 else f"{v:g}"
+
 
 def fig_tied_matrix(path: Path) -> None:
     ex = _example()
@@ -347,7 +433,8 @@ def main(argv=None) -> int:
     jax.config.update("jax_enable_x64", True)  # the worked numbers are float64; training
     #                                             stays float32 (its params are made float32)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, draw in (("tied_matrix.png", fig_tied_matrix),
+    for name, draw in (("conv1d_neurons.png", fig_conv1d_neurons),
+                       ("tied_matrix.png", fig_tied_matrix),
                        ("stride_backward.png", fig_stride_backward),
                        ("maxpool_routing.png", fig_maxpool_routing),
                        ("filters.png", lambda p: fig_filters(p, args.steps))):

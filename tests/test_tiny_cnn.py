@@ -39,11 +39,16 @@ def in_print_order(a: np.ndarray) -> np.ndarray:
     return np.moveaxis(a, -1, 0).ravel() if a.ndim == 3 else a.ravel()
 
 
-def test_every_printed_gradient_is_jax_grads(tiny):
+@pytest.fixture(scope="module")
+def printed(tiny) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         tiny.main()
-    text = out.getvalue()
+    return out.getvalue()
+
+
+def test_every_printed_gradient_is_jax_grads(tiny, printed):
+    text = printed
     blocks = printed_blocks(text)
 
     x, label = tiny.load_digit(0)
@@ -66,3 +71,13 @@ def test_every_printed_gradient_is_jax_grads(tiny):
                                          text).groups())
     assert after < before and before == pytest.approx(loss, abs=1e-6)
 
+
+
+def test_the_answer_quotes_the_examples_output(printed):
+    """docs/answer.md, section 4, quotes lines of the example's output: they are its output."""
+    answer = (ROOT / "docs" / "answer.md").read_text()
+    quoted = re.search(r"```text\n\$ python examples/tiny_cnn_numpy.py\n(.*?)```", answer,
+                       re.DOTALL)[1].splitlines()
+    assert quoted
+    for line in quoted:
+        assert line in printed.splitlines(), line
