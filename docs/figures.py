@@ -16,8 +16,8 @@ Writes:
   maxpool_routing.png  where max-pool sends each window's gradient: to its first maximum,
                        a tie included; overlapping windows add up
   filters.png          the first conv layer's filters of a small LeNet before and after a few
-                       seconds of training on the embedded digits, and the difference (the sum
-                       of every update)
+                       seconds of training on the embedded digits, and the change (the sum of
+                       every update), as `jcnn train` draws them (jcnn.train.plots)
 
 Deterministic: the same numbers, the same training run (fixed seeds, CPU), the same bytes
 (no timestamps in the PNG metadata). `tied_matrix` is also what tests/test_guide.py checks
@@ -397,31 +397,15 @@ def train_lenet(steps: int, seed: int = 0):
 
 
 def fig_filters(path: Path, steps: int) -> None:
+    """What `jcnn train --out DIR` draws (`jcnn.train.plots.filters_figure`), for a short run."""
+    from jcnn.train.plots import filters_figure
+
     before, after, losses, accuracy = train_lenet(steps)
-    before, after = before[:, :, 0, :], after[:, :, 0, :]  # (5, 5, 8): one input channel
-    diff = after - before
-    n = before.shape[-1]
-    fig = Figure(figsize=(1.25 * n + 1.4, 4.8), layout="constrained")
-    axes = fig.subplots(3, n)
-    limit = float(max(np.abs(before).max(), np.abs(after).max()))
-    rows = (("before", before, limit), ("after", after, limit),
-            ("after - before", diff, float(np.abs(diff).max())))
-    for r, (name, ws, lim) in enumerate(rows):
-        for o in range(n):
-            ax = axes[r, o]
-            ax.imshow(ws[:, :, o], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if o == 0:
-                ax.set_ylabel(name, fontsize=10)
-            if r == 0:
-                ax.set_title(f"filter {o}", fontsize=9)
-    fig.suptitle(f"First-layer 5x5 filters of a small LeNet, {steps} adam steps on the 8x8 "
-                 f"digits: loss {losses[0]:.2f} -> {np.mean(losses[-20:]):.2f}, test "
-                 f"accuracy {accuracy:.0%}.\nEach filter moved by the sum of its updates, "
-                 f"each update built from dW = sum over batch and positions of X * G "
-                 f"(colour scale shared per row; red +, blue -)", fontsize=10)
-    _save(fig, path)
+    title = (f"First-layer 5x5 filters of a small LeNet, {steps} adam steps on the 8x8 digits:"
+             f"\nloss {losses[0]:.2f} -> {np.mean(losses[-20:]):.2f}, test accuracy "
+             f"{accuracy:.0%}. Each filter moved by the sum of its updates,\neach built from "
+             "dW = sum over batch and positions of X * G")
+    _save(filters_figure(before, after, title), path)
 
 
 def main(argv=None) -> int:
