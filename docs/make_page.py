@@ -67,7 +67,7 @@ def case_data(name: str, stride: int, padding: int) -> dict:
 
         def loss(x, w, b):
             return jnp.sum(jcnn.conv2d(x, w, b, stride=stride, padding=padding)[0, :, :, 0] * g)
-        dx, dw, db = jax.grad(loss, argnums=(0, 1, 2))(x4, w4, b)
+        dx, dw, db = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(x4, w4, b)
     out = g.shape[0]
     return {"name": name, "stride": stride, "padding": padding,
             "X": X.tolist(), "W": W.tolist(), "Y": np.asarray(y)[0, :, :, 0].tolist(),

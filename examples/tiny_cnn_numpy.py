@@ -176,7 +176,7 @@ def jax_grads(params: dict, x: np.ndarray, label: int) -> tuple[float, dict]:
         probes = {k: jnp.zeros((1, *np.shape(fw[k]))) for k in PROBED}
         params64 = {k: jnp.asarray(v, jnp.float64) for k, v in params.items()}
         x64 = jnp.asarray(x, jnp.float64)
-        value, (dparams, dprobes, dx) = jax.value_and_grad(loss, argnums=(0, 1, 2))(
+        value, (dparams, dprobes, dx) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(
             params64, probes, x64)
         grads = {"d" + k: np.asarray(v) for k, v in dparams.items()}
         grads.update({"d" + k: np.asarray(v)[0] for k, v in dprobes.items()})

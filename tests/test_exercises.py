@@ -1,6 +1,5 @@
 """examples/exercises.py's self-checks (docs/exercises.md): the reference solutions pass every
 one; the blanks as shipped fail every one; and wrong answers, the classic bugs, fail theirs."""
-import importlib.util
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -8,6 +7,7 @@ from types import SimpleNamespace
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scripts import load
 
 import jcnn
 
@@ -16,10 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def exercises():
-    spec = importlib.util.spec_from_file_location("exercises", ROOT / "examples" / "exercises.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("examples/exercises.py")
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +65,7 @@ def test_wrong_answers_fail_their_checks(exercises, solutions):
 def test_exercise_1_in_the_page_and_the_text(exercises, solutions):
     """docs/exercises.md states exercise 1 with the numbers the check uses, and they are the
     page's stride-2 case (docs/conv_backprop.html), where the learner can hover the answer."""
-    spec = importlib.util.spec_from_file_location("make_page", ROOT / "docs" / "make_page.py")
-    page = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(page)
+    page = load("docs/make_page.py")
     np.testing.assert_array_equal(exercises.X1, page.X)
     np.testing.assert_array_equal(exercises.G1, page.upstream_gradient((2, 2)))
     assert ("stride 2, no padding", 2, 0) in page.CASES

@@ -11,7 +11,7 @@
   exists, and every file they link to.
 """
 import contextlib
-import importlib.util
+import importlib
 import io
 import re
 from pathlib import Path
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scripts import load
 
 import jcnn
 from jcnn import naive, reference
@@ -32,21 +33,14 @@ CITING = ("docs/backprop.md", "docs/answer.md", "docs/exercises.md", "benchmarks
           "README.md")
 
 
-def _load(relative: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def figures():
-    return _load("docs/figures.py", "guide_figures")
+    return load("docs/figures.py")
 
 
 @pytest.fixture(scope="module")
 def example():
-    return _load("examples/conv_backprop_by_hand.py", "conv_backprop_by_hand")
+    return load("examples/conv_backprop_by_hand.py")
 
 
 # ---- conv2d is a dense layer with tied weights ------------------------------------------------

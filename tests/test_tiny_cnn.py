@@ -2,13 +2,13 @@
 the loss back to the filters and the input, equals `jax.grad` of the same network built from
 jcnn's ops (its own comparison is not trusted: the printed text is parsed)."""
 import contextlib
-import importlib.util
 import io
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scripts import load
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBERS = re.compile(r"^\s*(-?\d+\.\d+\s*)+$")
@@ -16,11 +16,7 @@ NUMBERS = re.compile(r"^\s*(-?\d+\.\d+\s*)+$")
 
 @pytest.fixture(scope="module")
 def tiny():
-    spec = importlib.util.spec_from_file_location("tiny_cnn_numpy",
-                                                  ROOT / "examples" / "tiny_cnn_numpy.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load("examples/tiny_cnn_numpy.py")
 
 
 def printed_blocks(text: str) -> dict:
