@@ -6,7 +6,8 @@ window, no pyplot).
 Writes:
   conv1d_neurons.png   docs/answer.md's first picture: a 3-tap filter over 5 inputs as neurons
                        whose connections are coloured by the shared weight they carry, the
-                       same layer as a 3x5 matrix, and each weight's gradient as a sum
+                       same layer as a 3x5 matrix, each weight's gradient as a sum, and the
+                       same in 2-D (a 2x2 filter over a 3x3 image)
   tied_matrix.png      conv2d of a 4x4 image with a 2x2 filter as a 9x16 matrix, each non-zero
                        coloured by the filter entry it is; below, the dense gradient G X^T on
                        the same cells, whose sums per colour are the filter gradient
@@ -150,10 +151,11 @@ def fig_conv1d_neurons(path: Path) -> None:
     letters = "abc"
     n, k = len(x), len(w)
     m = n - k + 1
-    fig = Figure(figsize=(12, 6.2), layout="constrained")
-    grid = fig.add_gridspec(2, 2, height_ratios=(3, 1.6), width_ratios=(1.6, 1))
+    fig = Figure(figsize=(12, 10), layout="constrained")
+    grid = fig.add_gridspec(3, 2, height_ratios=(3, 1.6, 3.4), width_ratios=(1.6, 1))
     net, mat, sums = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), \
         fig.add_subplot(grid[1, :])
+    _neurons_2d(fig.add_subplot(grid[2, :]))
     xs_in, xs_out = np.arange(n) * 1.0, np.arange(m) * 1.0 + (k - 1) / 2
     for out in range(m):
         for tap in range(k):
@@ -211,6 +213,36 @@ def fig_conv1d_neurons(path: Path) -> None:
               "for dX it is rotated)", fontsize=11, va="top", family="monospace",
               transform=sums.transAxes)
     _save(fig, path)
+
+
+def _neurons_2d(ax) -> None:
+    """The same in 2-D: a 3x3 image, a 2x2 filter [[a, b], [c, d]], a 2x2 output, drawn as two
+    planes of neurons (seen at a slant) with each connection coloured by its filter entry."""
+    def at(r, c, height, shift=0.0):  # a pixel's place on a plane seen at a slant
+        return 1.5 * c + 0.6 * r + shift, height - 0.4 * r
+
+    letters = "abcd"
+    for y, x, i, j in itertools.product(range(2), range(2), range(2), range(2)):
+        (x0, y0), (x1, y1) = at(y + i, x + j, 0), at(y, x, 2.4, 1.05)
+        ax.plot([x0, x1], [y0, y1], color=COLOURS[2 * i + j], linewidth=2.5, zorder=1)
+    for rows, height, shift, name in ((3, 0, 0.0, "X"), (2, 2.4, 1.05, "Y")):
+        for r, c in itertools.product(range(rows), range(rows)):
+            ax.add_patch(Circle(at(r, c, height, shift), 0.2, facecolor="#f4f4f4",
+                                edgecolor="black", zorder=2))
+            ax.text(*at(r, c, height, shift), f"{name}{r}{c}", ha="center", va="center",
+                    fontsize=8, zorder=3)
+    for k, letter in enumerate(letters):
+        ax.text(5.2, 2.3 - 0.45 * k, f"{letter} = W[{k // 2},{k % 2}]: 4 connections, "
+                f"d{letter} = sum over the 4 outputs Y[y,x] of X[y+{k // 2},x+{k % 2}] * G[y,x]",
+                color=COLOURS[k], fontsize=10, fontweight="bold", va="center")
+    ax.text(5.2, 0.25, "The same in 2-D: a 2x2 filter over a 3x3 image. Each output connects to "
+            "the 2x2 window\nbelow it (sparse), with the same 4 weights (shared): 16 "
+            "connections, 4 numbers.\nEach weight's gradient is the sum over its 4 connections, "
+            "as in 1-D.", fontsize=10, va="center")
+    ax.set_xlim(-0.4, 15.5)
+    ax.set_ylim(-1.1, 2.8)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
 
 
 def _lit(v: float) -> str:
