@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scripts import load
+from learner_scripts import load
 
 import jcnn
 

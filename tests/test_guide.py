@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scripts import load
+from learner_scripts import load
 
 import jcnn
 from jcnn import naive, reference

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scripts import load
+from learner_scripts import load
 
 from jcnn import naive
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scripts import load
+from learner_scripts import load
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBERS = re.compile(r"^\s*(-?\d+\.\d+\s*)+$")
