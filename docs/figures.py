@@ -1,8 +1,13 @@
-"""The figures of docs/backprop.md, drawn with matplotlib's Agg canvas (no window, no pyplot).
+"""The figures of docs/answer.md and docs/backprop.md, drawn with matplotlib's Agg canvas (no
+window, no pyplot).
 
     python docs/figures.py --out docs          # regenerates every PNG in docs/
 
 Writes:
+  conv1d_neurons.png   docs/answer.md's first picture: a 3-tap filter over 5 inputs as neurons
+                       whose connections are coloured by the shared weight they carry, the
+                       same layer as a 3x5 matrix, each weight's gradient as a sum, and the
+                       same in 2-D (a 2x2 filter over a 3x3 image)
   tied_matrix.png      conv2d of a 4x4 image with a 2x2 filter as a 9x16 matrix, each non-zero
                        coloured by the filter entry it is; below, the dense gradient G X^T on
                        the same cells, whose sums per colour are the filter gradient
@@ -12,8 +17,8 @@ Writes:
   maxpool_routing.png  where max-pool sends each window's gradient: to its first maximum,
                        a tie included; overlapping windows add up
   filters.png          the first conv layer's filters of a small LeNet before and after a few
-                       seconds of training on the embedded digits, and the difference (the sum
-                       of every update)
+                       seconds of training on the embedded digits, and the change (the sum of
+                       every update), as `jcnn train` draws them (jcnn.train.plots)
 
 Deterministic: the same numbers, the same training run (fixed seeds, CPU), the same bytes
 (no timestamps in the PNG metadata). `tied_matrix` is also what tests/test_guide.py checks
@@ -35,14 +40,15 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
+from matplotlib.patches import Circle, Rectangle
 
 import jcnn
 from jcnn._validate import out_size
 from jcnn._validate import conv2d_config
 
 HERE = Path(__file__).resolve().parent
-FIGURES = ("tied_matrix.png", "stride_backward.png", "maxpool_routing.png", "filters.png")
+FIGURES = ("conv1d_neurons.png", "tied_matrix.png", "stride_backward.png", "maxpool_routing.png",
+           "filters.png")
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
 
@@ -131,6 +137,118 @@ def _show(ax, a, title, cmap="RdBu_r", limit=None, **numbers):
 
 
 # ---- figures ----------------------------------------------------------------------------------
+
+CONV1D_X = np.array([1.0, 2.0, 0.0, 3.0, 1.0])  # docs/answer.md, section 2
+CONV1D_W = np.array([1.0, -1.0, 2.0])  # the filter [a, b, c]
+CONV1D_G = np.array([1.0, -1.0, 0.5])  # the upstream gradient dL/dy
+
+
+def fig_conv1d_neurons(path: Path) -> None:
+    """docs/answer.md's first picture: a 3-tap filter over 5 inputs as a layer of neurons whose
+    connections are coloured by the filter entry they carry, the same layer as a 3x5 matrix,
+    and each entry's gradient as the sum over its connections."""
+    x, w, g = CONV1D_X, CONV1D_W, CONV1D_G
+    letters = "abc"
+    n, k = len(x), len(w)
+    m = n - k + 1
+    fig = Figure(figsize=(12, 10), layout="constrained")
+    grid = fig.add_gridspec(3, 2, height_ratios=(3, 1.6, 3.4), width_ratios=(1.6, 1))
+    net, mat, sums = fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), \
+        fig.add_subplot(grid[1, :])
+    _neurons_2d(fig.add_subplot(grid[2, :]))
+    xs_in, xs_out = np.arange(n) * 1.0, np.arange(m) * 1.0 + (k - 1) / 2
+    for out in range(m):
+        for tap in range(k):
+            net.plot([xs_in[out + tap], xs_out[out]], [0, 1], color=COLOURS[tap], linewidth=3,
+                     zorder=1)
+            mid = (0.3 * xs_in[out + tap] + 0.7 * xs_out[out], 0.7)
+            net.text(*mid, letters[tap], color=COLOURS[tap], fontsize=11, fontweight="bold",
+                     ha="center", va="center", zorder=3,
+                     bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none"))
+    y = np.array([w @ x[out:out + k] for out in range(m)])
+    for row, centres, names, values in ((0, xs_in, "x", x), (1, xs_out, "y", y)):
+        for i, (cx, v) in enumerate(zip(centres, values)):
+            net.add_patch(Circle((cx, row), 0.22, facecolor="#f4f4f4", edgecolor="black",
+                                 zorder=2))
+            net.text(cx, row, f"{names}{i}\n{v:g}", ha="center", va="center", fontsize=9,
+                     zorder=3)
+    for i, gv in enumerate(g):
+        net.text(xs_out[i], 1.33, f"g{i} = {gv:g}", ha="center", fontsize=9, color="#444444")
+    net.set_xlim(-0.5, n - 0.5)
+    net.set_ylim(-0.4, 1.5)
+    net.set_aspect("equal")
+    net.set_axis_off()
+    net.set_title(f"The filter [a, b, c] = [{', '.join(f'{v:g}' for v in w)}] slid over 5 "
+                  "inputs: 3 outputs, 9 connections, 3 weights.\nSparse: each output sees 3 "
+                  "of the 5 inputs. Shared: one colour = one number.", fontsize=10)
+
+    which = np.full((m, n), -1)
+    for out in range(m):
+        which[out, out:out + k] = range(k)
+    mat.imshow(which + 1, cmap=ListedColormap(["#f4f4f4", *COLOURS[:k]]), vmin=0, vmax=k)
+    _grid_axes(mat, which, "the same layer as y = M x: a 3x5 matrix,\neach row the filter "
+               "shifted one place (Toeplitz)")
+    mat.set_xticklabels([f"x{i}" for i in range(n)])
+    mat.set_yticklabels([f"y{i}" for i in range(m)])
+    for (r, c), t in np.ndenumerate(which):
+        mat.text(c, r, letters[t] if t >= 0 else ".", ha="center", va="center", fontsize=12,
+                 color="white" if t >= 0 else "black", fontweight="bold")
+
+    sums.set_axis_off()
+    sums.text(0, 0.97, "backwards: every connection x_k -> y_m with weight w sends x_k * g_m to "
+              "its weight and w * g_m to its input; a shared weight ADDS its messages:",
+              fontsize=10, va="top", transform=sums.transAxes)
+    for tap in range(k):
+        parts = " + ".join(f"x{out + tap}*g{out}" for out in range(m))
+        nums = " + ".join(f"{_lit(x[out + tap])}*{_lit(g[out])}" for out in range(m))
+        total = sum(x[out + tap] * g[out] for out in range(m))
+        sums.text(0.02, 0.75 - 0.2 * tap, f"d{letters[tap]} = {parts} = {nums} = {total:g}",
+                  color=COLOURS[tap], fontsize=11, fontweight="bold", va="top",
+                  family="monospace", transform=sums.transAxes)
+    mid = m - 1  # the input every output reads: the filter met backwards, c, b, a
+    parts = " + ".join(f"{letters[mid - out]}*g{out}" for out in range(m))
+    nums = " + ".join(f"{_lit(w[mid - out])}*{_lit(g[out])}" for out in range(m))
+    total = sum(w[mid - out] * g[out] for out in range(m))
+    sums.text(0.02, 0.1, f"dx{mid} = {parts} = {nums} = {total:g}   (the filter read backwards: "
+              "for dX it is rotated)", fontsize=11, va="top", family="monospace",
+              transform=sums.transAxes)
+    _save(fig, path)
+
+
+def _neurons_2d(ax) -> None:
+    """The same in 2-D: a 3x3 image, a 2x2 filter [[a, b], [c, d]], a 2x2 output, drawn as two
+    planes of neurons (seen at a slant) with each connection coloured by its filter entry."""
+    def at(r, c, height, shift=0.0):  # a pixel's place on a plane seen at a slant
+        return 1.5 * c + 0.6 * r + shift, height - 0.4 * r
+
+    letters = "abcd"
+    for y, x, i, j in itertools.product(range(2), range(2), range(2), range(2)):
+        (x0, y0), (x1, y1) = at(y + i, x + j, 0), at(y, x, 2.4, 1.05)
+        ax.plot([x0, x1], [y0, y1], color=COLOURS[2 * i + j], linewidth=2.5, zorder=1)
+    for rows, height, shift, name in ((3, 0, 0.0, "X"), (2, 2.4, 1.05, "Y")):
+        for r, c in itertools.product(range(rows), range(rows)):
+            ax.add_patch(Circle(at(r, c, height, shift), 0.2, facecolor="#f4f4f4",
+                                edgecolor="black", zorder=2))
+            ax.text(*at(r, c, height, shift), f"{name}{r}{c}", ha="center", va="center",
+                    fontsize=8, zorder=3)
+    for k, letter in enumerate(letters):
+        ax.text(5.2, 2.3 - 0.45 * k, f"{letter} = W[{k // 2},{k % 2}]: 4 connections, "
+                f"d{letter} = sum over the 4 outputs Y[y,x] of X[y+{k // 2},x+{k % 2}] * G[y,x]",
+                color=COLOURS[k], fontsize=10, fontweight="bold", va="center")
+    ax.text(5.2, 0.25, "The same in 2-D: a 2x2 filter over a 3x3 image. Each output connects to "
+            "the 2x2 window\nbelow it (sparse), with the same 4 weights (shared): 16 "
+            "connections, 4 numbers.\nEach weight's gradient is the sum over its 4 connections, "
+            "as in 1-D.", fontsize=10, va="center")
+    ax.set_xlim(-0.4, 15.5)
+    ax.set_ylim(-1.1, 2.8)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+
+
+def _lit(v: float) -> str:
+    """-1 as (-1): the printed products read as arithmetic."""
+    return f"({v:g})" if v < 0 else f"{v:g}"
+
 
 def fig_tied_matrix(path: Path) -> None:
     ex = _example()
@@ -311,31 +429,15 @@ def train_lenet(steps: int, seed: int = 0):
 
 
 def fig_filters(path: Path, steps: int) -> None:
+    """What `jcnn train --out DIR` draws (`jcnn.train.plots.filters_figure`), for a short run."""
+    from jcnn.train.plots import filters_figure
+
     before, after, losses, accuracy = train_lenet(steps)
-    before, after = before[:, :, 0, :], after[:, :, 0, :]  # (5, 5, 8): one input channel
-    diff = after - before
-    n = before.shape[-1]
-    fig = Figure(figsize=(1.25 * n + 1.4, 4.8), layout="constrained")
-    axes = fig.subplots(3, n)
-    limit = float(max(np.abs(before).max(), np.abs(after).max()))
-    rows = (("before", before, limit), ("after", after, limit),
-            ("after - before", diff, float(np.abs(diff).max())))
-    for r, (name, ws, lim) in enumerate(rows):
-        for o in range(n):
-            ax = axes[r, o]
-            ax.imshow(ws[:, :, o], cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if o == 0:
-                ax.set_ylabel(name, fontsize=10)
-            if r == 0:
-                ax.set_title(f"filter {o}", fontsize=9)
-    fig.suptitle(f"First-layer 5x5 filters of a small LeNet, {steps} adam steps on the 8x8 "
-                 f"digits: loss {losses[0]:.2f} -> {np.mean(losses[-20:]):.2f}, test "
-                 f"accuracy {accuracy:.0%}.\nEach filter moved by the sum of its updates, "
-                 f"each update built from dW = sum over batch and positions of X * G "
-                 f"(colour scale shared per row; red +, blue -)", fontsize=10)
-    _save(fig, path)
+    title = (f"First-layer 5x5 filters of a small LeNet, {steps} adam steps on the 8x8 digits:"
+             f"\nloss {losses[0]:.2f} -> {np.mean(losses[-20:]):.2f}, test accuracy "
+             f"{accuracy:.0%}. Each filter moved by the sum of its updates,\neach built from "
+             "dW = sum over batch and positions of X * G")
+    _save(filters_figure(before, after, title), path)
 
 
 def main(argv=None) -> int:
@@ -347,7 +449,8 @@ def main(argv=None) -> int:
     jax.config.update("jax_enable_x64", True)  # the worked numbers are float64; training
     #                                             stays float32 (its params are made float32)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, draw in (("tied_matrix.png", fig_tied_matrix),
+    for name, draw in (("conv1d_neurons.png", fig_conv1d_neurons),
+                       ("tied_matrix.png", fig_tied_matrix),
                        ("stride_backward.png", fig_stride_backward),
                        ("maxpool_routing.png", fig_maxpool_routing),
                        ("filters.png", lambda p: fig_filters(p, args.steps))):

@@ -5,11 +5,13 @@
   tied to one filter weight gives conv2d's filter gradient;
 * the worked example (examples/conv_backprop_by_hand.py): its printed sums are parsed and
   re-evaluated, and its numbers agree with loops, jcnn.naive, jcnn's rule and autodiff;
+* the answer's 1-D numbers (docs/answer.md) are jcnn's;
 * the figures script writes its PNGs;
-* every function and test the guide cites exists.
+* every function and test the guide, the answer, the exercises and benchmarks/NOTES.md cite
+  exists, and every file they link to.
 """
 import contextlib
-import importlib.util
+import importlib
 import io
 import re
 from pathlib import Path
@@ -18,29 +20,27 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from learner_scripts import load
 
 import jcnn
 from jcnn import naive, reference
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "backprop.md"
-
-
-def _load(relative: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+ANSWER = ROOT / "docs" / "answer.md"
+#: the learner's pages and the notes moved out of the guide: what they cite must exist
+CITING = ("docs/backprop.md", "docs/answer.md", "docs/exercises.md", "benchmarks/NOTES.md",
+          "README.md")
 
 
 @pytest.fixture(scope="module")
 def figures():
-    return _load("docs/figures.py", "guide_figures")
+    return load("docs/figures.py")
 
 
 @pytest.fixture(scope="module")
 def example():
-    return _load("examples/conv_backprop_by_hand.py", "conv_backprop_by_hand")
+    return load("examples/conv_backprop_by_hand.py")
 
 
 # ---- conv2d is a dense layer with tied weights ------------------------------------------------
@@ -160,6 +160,37 @@ def test_example_numbers_agree_four_ways(example):
     np.testing.assert_array_equal(second, [[0.25, 7.5], [3, 0.5]])
 
 
+# ---- the answer's first pass in 1-D (docs/answer.md, section 2) -------------------------------
+
+def _answer_lines(pattern: str) -> dict:
+    """{name: the number after the last '=' of its line}, for the answer's lines `name = ...`."""
+    found = re.findall(rf"^({pattern}) = .* = (-?[\d.]+)$", ANSWER.read_text(), re.MULTILINE)
+    return {name: float(value) for name, value in found}
+
+
+def test_the_answers_1d_numbers_are_jcnns(figures):
+    """x, the filter [a, b, c] and g of the answer (and of conv1d_neurons.png) as a 1x5 image:
+    every y, every filter-gradient sum and every input-gradient sum it writes out is jcnn's."""
+    x, w, g = figures.CONV1D_X, figures.CONV1D_W, figures.CONV1D_G
+    text = ANSWER.read_text()
+    assert f"x = [{', '.join(f'{v:g}' for v in x)}]" in text
+    assert f"[a, b, c] = [{', '.join(f'{v:g}' for v in w)}]" in text
+    assert f"g = dL/dy = [{', '.join(f'{v:g}' for v in g)}]" in text
+
+    def loss(x, w):
+        return jnp.sum(jcnn.conv2d(x, w)[0, 0, :, 0] * g)
+    x4, w4 = jnp.asarray(x)[None, None, :, None], jnp.asarray(w)[None, :, None, None]
+    y = np.asarray(jcnn.conv2d(x4, w4))[0, 0, :, 0]
+    dx, dw = (np.asarray(a).ravel() for a in jax.grad(loss, argnums=(0, 1))(x4, w4))
+
+    assert _answer_lines(r"y\d") == {f"y{i}": v for i, v in enumerate(y)}
+    assert _answer_lines(r"d[abc]") == dict(zip(("da", "db", "dc"), dw))
+    assert _answer_lines(r"dx\d") == {f"dx{i}": v for i, v in enumerate(dx)}
+    for name, old, grad in zip("abc", w, dw):
+        step = f"({grad:g})" if grad < 0 else f"{grad:g}"
+        assert f"`{name} ← {old:g} - 0.1·{step} = {old - 0.1 * grad:g}`" in text
+
+
 # ---- the figures ----------------------------------------------------------------------------
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -222,17 +253,25 @@ def test_the_guides_code_runs(capsys):
     assert ": ok" in out and "FAILED" in out and "order 1.00" in out
 
 
-def test_every_cited_test_and_function_exists():
-    text = GUIDE.read_text()
+@pytest.mark.parametrize("page", CITING)
+def test_every_cited_test_and_function_exists(page):
+    text = (ROOT / page).read_text()
     tests = set(re.findall(r"tests/(test_\w+\.py)::(test_\w+)", text))
-    assert len(tests) >= 10
+    functions = set(re.findall(r"`(jcnn(?:\.\w+)+)", text))
+    if page == "docs/backprop.md":
+        assert len(tests) >= 10 and len(functions) >= 10
     for filename, name in sorted(tests):
         source = (ROOT / "tests" / filename).read_text()
         assert re.search(rf"^def {name}\(", source, re.MULTILINE), f"tests/{filename}::{name}"
-    functions = set(re.findall(r"`(jcnn(?:\.\w+)+)", text))
-    assert len(functions) >= 10
     for dotted in sorted(functions):
         assert _resolve(dotted) is not None, dotted
+    # every relative link and every script or test file named in backquotes is there
+    here = (ROOT / page).parent
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", text):
+        assert (here / target).exists(), f"{page} links to {target}"
+    for named in re.findall(r"`(?:python )?((?:examples|docs|benchmarks|tests)/[\w/]+\.\w+)",
+                            text):
+        assert (ROOT / named).exists(), f"{page} names {named}"
 
 
 def _resolve(dotted: str):

@@ -256,6 +256,35 @@ def test_the_command_line_writes_metrics_checkpoint_and_plots(tmp_path):
     assert "\r" not in proc.stderr  # no progress bar when stderr is not a terminal
 
 
+def test_filters_plot_shows_the_change_on_one_scale_per_row(tmp_path, rng):
+    """filters.png: before and after on ONE colour scale (equal colours, equal weights), the
+    change (after - before) on its own, each row with a colour bar; one tile per filter."""
+    from jcnn.train import plots
+
+    before = rng.standard_normal((5, 5, 1, 3))
+    after = before + 0.01 * rng.standard_normal(before.shape)  # a small change
+    after[0, 0, 0, 1] = 4.0  # the largest weight: it sets the before/after scale
+    fig = plots.filters_figure(before, after, title="t")
+    rows = fig.subfigs
+    assert [sub._suptitle.get_text() for sub in rows] == [
+        "before training", "after training", "change = after - before"]
+    images = [[im for ax in sub.axes for im in ax.get_images()] for sub in rows]
+    assert [len(row) for row in images] == [3, 3, 3]
+    weights = [im.get_clim() for row in images[:2] for im in row]
+    assert set(weights) == {(-4.0, 4.0)}
+    change = after - before
+    limit = np.abs(change).max()
+    for o, im in enumerate(images[2]):
+        assert im.get_clim() == (-limit, limit)
+        np.testing.assert_allclose(im.get_array(), change[:, :, 0, o])
+    for o, im in enumerate(images[0]):
+        np.testing.assert_allclose(im.get_array(), before[:, :, 0, o])
+    # one colour bar per row: an extra axes in each subfigure
+    assert [len(sub.axes) - 3 for sub in rows] == [1, 1, 1]
+    plots.plot_filters(before, after, tmp_path / "filters.png")
+    assert (tmp_path / "filters.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 @pytest.mark.parametrize("script, argv, expect", [
     ("train_lenet.py", ["1"], "epoch 1: batch loss"),
     ("custom_layer.py", ["20"], "swish model: loss"),

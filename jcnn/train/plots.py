@@ -38,33 +38,35 @@ def plot_curves(records: Sequence[dict], path: str | os.PathLike) -> None:
     _save(fig, path)
 
 
-def _tiles(w: np.ndarray) -> np.ndarray:
-    """HWIO kernel (kh, kw, C, O) -> O images: (O, kh, kw) for C != 3 (the first input channel)
-    or (O, kh, kw, 3) RGB for C == 3, each scaled to [0, 1]."""
-    w = np.moveaxis(np.asarray(w, np.float64), -1, 0)
-    w = w if w.shape[-1] == 3 else w[..., 0]
-    lo = w.min(axis=tuple(range(1, w.ndim)), keepdims=True)
-    hi = w.max(axis=tuple(range(1, w.ndim)), keepdims=True)
-    return (w - lo) / np.where(hi > lo, hi - lo, 1)
-
-
-def plot_filters(before: np.ndarray, after: np.ndarray, path: str | os.PathLike) -> None:
-    """The first layer's filters, HWIO `(kh, kw, C, O)`, at initialisation (top) and after
-    training (bottom), one tile per output channel."""
-    tiles = [_tiles(before), _tiles(after)]
-    n = tiles[0].shape[0]
+def filters_figure(before: np.ndarray, after: np.ndarray, title: str | None = None) -> Figure:
+    """The first layer's filters, HWIO `(kh, kw, C, O)`, at initialisation, after training and
+    the change (after minus before: the sum of every update), one tile per output channel
+    (input channel 0 where C > 1). Before and after share one colour scale, the change has its
+    own, each row with its colour bar, symmetric about 0 (red +, blue -): equal colours in a
+    row are equal weights."""
+    before = np.moveaxis(np.asarray(before, np.float64)[:, :, 0, :], -1, 0)  # (O, kh, kw)
+    after = np.moveaxis(np.asarray(after, np.float64)[:, :, 0, :], -1, 0)
+    change = after - before
+    n = before.shape[0]
     cols = min(n, 16)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(cols * 0.8, 2 * rows * 0.8 + 0.8), layout="constrained")
-    for r, (title, t) in enumerate(zip(("before training", "after training"), tiles)):
-        sub = fig.add_subfigure(fig.add_gridspec(2, 1)[r])
-        sub.suptitle(title)
+    height = 3 * (rows * 0.95 + 0.45) + (0.25 + 0.2 * title.count("\n") if title else 0)
+    fig = Figure(figsize=(cols * 0.95 + 1.2, height), layout="constrained")
+    weights = float(max(np.abs(before).max(), np.abs(after).max())) or 1.0
+    blocks = (("before training", before, weights), ("after training", after, weights),
+              ("change = after - before", change, float(np.abs(change).max()) or 1.0))
+    for sub, (name, tiles, limit) in zip(fig.subfigures(3, 1), blocks):
+        sub.suptitle(name, fontsize=10)
         axes = np.atleast_1d(sub.subplots(rows, cols)).ravel()
         for i, ax in enumerate(axes):
             ax.set_axis_off()
             if i < n:
-                ax.imshow(t[i], cmap="gray", interpolation="nearest", vmin=0, vmax=1)
-    _save(fig, path)
+                image = ax.imshow(tiles[i], cmap="RdBu_r", vmin=-limit, vmax=limit,
+                                  interpolation="nearest")
+        sub.colorbar(image, ax=axes, shrink=0.9, aspect=10 * rows)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
 
 
 def plot_confusion(matrix: np.ndarray, path: str | os.PathLike) -> None:
@@ -82,4 +84,10 @@ def plot_confusion(matrix: np.ndarray, path: str | os.PathLike) -> None:
     _save(fig, path)
 
 
-__all__ = ["plot_curves", "plot_filters", "plot_confusion"]
+def plot_filters(before: np.ndarray, after: np.ndarray, path: str | os.PathLike,
+                 title: str | None = None) -> None:
+    """`filters_figure` as a PNG at `path`."""
+    _save(filters_figure(before, after, title), path)
+
+
+__all__ = ["filters_figure", "plot_curves", "plot_filters", "plot_confusion"]
