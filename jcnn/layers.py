@@ -139,16 +139,18 @@ def tanh(*, ops: ModuleType = hand_ops) -> Layer:
     return _stateless("tanh", lambda x: ops.tanh(x))
 
 
-def max_pool2d(window, stride=None, padding=0, *, ops: ModuleType = hand_ops) -> Layer:
-    """`(N, H, W, C) -> (N, H', W', C)`, the maximum of each window; `stride=None` is `window`."""
-    return _stateless("max_pool2d", lambda x: ops.max_pool2d(x, window, stride, padding))
-
-
-def avg_pool2d(window, stride=None, padding=0, count_include_pad: bool = True, *,
+def max_pool2d(window, stride=None, padding=0, dilation=1, ceil_mode: bool = False, *,
                ops: ModuleType = hand_ops) -> Layer:
+    """`(N, H, W, C) -> (N, H', W', C)`, the maximum of each window; `stride=None` is `window`."""
+    return _stateless("max_pool2d", lambda x: ops.max_pool2d(x, window, stride, padding,
+                                                             dilation, ceil_mode))
+
+
+def avg_pool2d(window, stride=None, padding=0, count_include_pad: bool = True,
+               ceil_mode: bool = False, *, ops: ModuleType = hand_ops) -> Layer:
     """`(N, H, W, C) -> (N, H', W', C)`, the mean of each window; `stride=None` is `window`."""
-    return _stateless("avg_pool2d",
-                      lambda x: ops.avg_pool2d(x, window, stride, padding, count_include_pad))
+    return _stateless("avg_pool2d", lambda x: ops.avg_pool2d(x, window, stride, padding,
+                                                             count_include_pad, ceil_mode))
 
 
 def global_avg_pool2d(*, ops: ModuleType = hand_ops) -> Layer:
