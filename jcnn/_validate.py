@@ -315,6 +315,34 @@ def avg_pool_counts(x_shape, cfg: PoolConfig, op: str = "avg_pool2d", *,
     return table
 
 
+def adaptive_pool_check(x, output_size, op: str = "adaptive_avg_pool2d") -> IntPair:
+    """output_size as (OH, OW), each between 1 and the input's size (a larger output would
+    repeat input elements across bins: refused)."""
+    check_rank(op, "x", x, 4, "NHWC")
+    check_float(op, x=x)
+    out = pair(output_size, "output_size", op)
+    in_hw = tuple(np.shape(x)[1:3])
+    if out[0] > in_hw[0] or out[1] > in_hw[1]:
+        raise ValueError(f"{op}: output_size must be at most the input's (H, W) = {in_hw}, "
+                         f"got {out}")
+    return out
+
+
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+def upsample_check(x, scale, mode, op: str = "upsample2d") -> tuple[IntPair, str]:
+    """scale as an int pair (sh, sw), each >= 1, and mode one of UPSAMPLE_MODES."""
+    check_rank(op, "x", x, 4, "NHWC")
+    check_float(op, x=x)
+    scale = pair(scale, "scale", op)
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"{op}: mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+    _representable(op, "the output's (H, W)",
+                   [n * s for n, s in zip(np.shape(x)[1:3], scale)])
+    return scale, mode
+
+
 def dense_check(x, w, b, op: str = "dense") -> None:
     if np.ndim(x) < 1:
         raise ValueError(f"{op}: x must have at least one axis (..., in_features), got a scalar")

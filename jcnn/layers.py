@@ -158,6 +158,16 @@ def global_avg_pool2d(*, ops: ModuleType = hand_ops) -> Layer:
     return _stateless("global_avg_pool2d", lambda x: ops.global_avg_pool2d(x))
 
 
+def adaptive_avg_pool2d(output_size, *, ops: ModuleType = hand_ops) -> Layer:
+    """`(N, H, W, C) -> (N, OH, OW, C)`, the mean of each of PyTorch's adaptive bins."""
+    return _stateless("adaptive_avg_pool2d", lambda x: ops.adaptive_avg_pool2d(x, output_size))
+
+
+def upsample2d(scale, mode: str = "nearest", *, ops: ModuleType = hand_ops) -> Layer:
+    """`(N, H, W, C) -> (N, H*sh, W*sw, C)`, "nearest" or "bilinear" (align_corners=False)."""
+    return _stateless("upsample2d", lambda x: ops.upsample2d(x, scale, mode))
+
+
 def flatten(*, ops: ModuleType = hand_ops) -> Layer:
     """`(N, ...) -> (N, prod(...))`."""
     return _stateless("flatten", lambda x: ops.flatten(x))
@@ -292,4 +302,4 @@ def residual(body: Layer, shortcut: Optional[Layer] = None) -> Layer:
 __all__ = ["Layer", "output_shape", "conv2d", "dense", "relu", "leaky_relu", "gelu", "sigmoid",
            "tanh", "silu", "elu", "softplus", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
            "flatten", "batch_norm", "layer_norm", "group_norm", "dropout", "serial", "residual",
-           "split_key"]
+           "split_key", "adaptive_avg_pool2d", "upsample2d"]

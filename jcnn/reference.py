@@ -147,6 +147,33 @@ def global_avg_pool2d(x: Array) -> Array:
     return jnp.mean(x, axis=(1, 2))
 
 
+def adaptive_avg_pool2d(x: Array, output_size) -> Array:
+    oh, ow = v.adaptive_pool_check(x, output_size)
+
+    def bins(x: Array, axis: int, out: int) -> Array:  # PyTorch's bins, one static slice each
+        n = x.shape[axis]
+        return jnp.stack([jnp.mean(lax.slice_in_dim(x, o * n // out, -(-(o + 1) * n // out),
+                                                    axis=axis), axis=axis)
+                          for o in range(out)], axis=axis)
+    return bins(bins(x, 1, oh), 2, ow)
+
+
+def upsample2d(x: Array, scale, mode: str = "nearest") -> Array:
+    scale, mode = v.upsample_check(x, scale, mode)
+    for axis, s in zip((1, 2), scale):
+        n = x.shape[axis]
+        if mode == "nearest":
+            x = jnp.repeat(x, s, axis=axis)
+            continue
+        # PyTorch's half-pixel source, clamped at 0; the next row clamped at the last one
+        src = np.maximum((np.arange(n * s) + 0.5) / s - 0.5, 0)
+        h0 = np.floor(src).astype(int)
+        frac = jnp.asarray(src - h0, x.dtype).reshape((1, -1, 1, 1) if axis == 1 else (1, 1, -1, 1))
+        x = (jnp.take(x, h0, axis=axis) * (1 - frac)
+             + jnp.take(x, np.minimum(h0 + 1, n - 1), axis=axis) * frac)
+    return x
+
+
 def batch_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
     eps = v.batch_norm_check(x, scale, bias, eps)
     return _affine(_standardised(x, tuple(range(x.ndim - 1)), eps), scale, bias)

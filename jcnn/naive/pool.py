@@ -1,9 +1,11 @@
 """Pooling by loops: every window visited, every gradient routed by hand."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from jcnn._validate import pool_config, pool_out_hw
+from jcnn._validate import adaptive_pool_check, pool_config, pool_out_hw
 
 
 def _setup(x, window, stride, padding, op, dilation=1, ceil_mode=False):
@@ -93,3 +95,34 @@ def avg_pool2d_backward(g, x, *, window, stride=None, padding=0, count_include_p
     """(dx,): each element of a window receives the window's cotangent / divisor."""
     return (_avg_pool(x, np.asarray(g, np.float64), window, stride, padding,
                       count_include_pad, ceil_mode)[1],)
+
+
+def _adaptive_avg_pool(x, g, output_size):
+    """(y, dx): y the mean of each of PyTorch's bins, rows floor(r H / OH) to
+    ceil((r+1) H / OH) (exclusive), columns alike; each element of a bin receives g / its size
+    (g None: y only)."""
+    x = np.asarray(x, np.float64)
+    oh, ow = adaptive_pool_check(x, output_size)
+    n, h, w, c = x.shape
+    y, dx = np.zeros((n, oh, ow, c)), np.zeros_like(x)
+    for r in range(oh):
+        rows = range(math.floor(r * h / oh), math.ceil((r + 1) * h / oh))
+        for col in range(ow):
+            cols = range(math.floor(col * w / ow), math.ceil((col + 1) * w / ow))
+            size = len(rows) * len(cols)
+            for p in rows:
+                for q in cols:
+                    y[:, r, col, :] += x[:, p, q, :] / size
+                    if g is not None:
+                        dx[:, p, q, :] += g[:, r, col, :] / size
+    return y, dx
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """The mean of each bin; bins may overlap by a row where OH does not divide H."""
+    return _adaptive_avg_pool(x, None, output_size)[0]
+
+
+def adaptive_avg_pool2d_backward(g, x, *, output_size):
+    """(dx,): each element of a bin receives the bin's cotangent / the bin's size."""
+    return (_adaptive_avg_pool(x, np.asarray(g, np.float64), output_size)[1],)
