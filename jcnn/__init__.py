@@ -10,6 +10,7 @@ from jcnn.ops import (avg_pool2d, batch_norm, conv2d, conv_transpose2d, dense, d
                       flatten, gelu, global_avg_pool2d, group_norm, layer_norm, leaky_relu,
                       log_softmax, max_pool2d, relu, sigmoid, silu, softmax_cross_entropy,
                       softplus, tanh)
+from jcnn.ops import adaptive_avg_pool2d, upsample2d
 
 __all__ = [
     "reference",
@@ -31,6 +32,8 @@ __all__ = [
     "max_pool2d",
     "avg_pool2d",
     "global_avg_pool2d",
+    "adaptive_avg_pool2d",
+    "upsample2d",
     "batch_norm",
     "layer_norm",
     "group_norm",

@@ -173,7 +173,9 @@ class ConvTransposeConfig(NamedTuple):
 class PoolConfig(NamedTuple):
     window: IntPair
     stride: IntPair
-    pads: Pads
+    pads: Pads  # what the windows read: ceil_mode's extra bottom/right padding included
+    dilation: IntPair = (1, 1)
+    ceil_extra: IntPair = (0, 0)  # ceil_mode's padding past the given bottom / right padding
 
 
 def _groups(op: str, groups) -> int:
@@ -258,36 +260,87 @@ def conv_transpose2d_out_hw(x_shape, w_shape, cfg: ConvTransposeConfig) -> IntPa
                      cfg.output_padding))
 
 
-def pool_config(x, window, stride, padding: PaddingLike, op: str) -> PoolConfig:
+def pool_config(x, window, stride, padding: PaddingLike, op: str, dilation=1,
+                ceil_mode: bool = False) -> PoolConfig:
     check_rank(op, "x", x, 4, "NHWC")
     check_float(op, x=x)
     window = pair(window, "window", op)
     stride = window if stride is None else pair(stride, "stride", op)
+    dilation = pair(dilation, "dilation", op)
+    ceil_mode = flag_check(ceil_mode, "ceil_mode", op)
     h, wd = np.shape(x)[1:3]
-    pads = padding_pairs(padding, op, in_hw=(h, wd), window=window, stride=stride)
-    check_window_fits(op, (h, wd), pads, window, (1, 1))
-    return PoolConfig(window, stride, pads)
+    pads = padding_pairs(padding, op, in_hw=(h, wd), window=window, stride=stride,
+                         dilation=dilation)
+    check_window_fits(op, (h, wd), pads, window, dilation)
+    extra = tuple(ceil_extra(n, k, s, d, lo, hi) if ceil_mode else 0 for n, k, s, d, (lo, hi)
+                  in zip((h, wd), window, stride, dilation, pads))
+    pads = tuple((lo, hi + e) for (lo, hi), e in zip(pads, extra))
+    return PoolConfig(window, stride, pads, dilation, extra)
+
+
+def ceil_extra(size: int, window: int, stride: int, dilation: int, lo: int, hi: int) -> int:
+    """ceil_mode as PyTorch's `pooling_output_shape`: the output length rounds
+    (size + lo + hi - span) / stride up, but a last window that would start in the bottom/right
+    padding is dropped (one starting in the input or the top/left padding is kept). Returned:
+    the padding to add at the bottom/right so that the floor formula over it gives that length."""
+    span = dilation * (window - 1) + 1
+    out = -(-(size + lo + hi - span) // stride) + 1
+    if (out - 1) * stride >= size + lo:
+        out -= 1
+    return max((out - 1) * stride + span - (size + lo + hi), 0)
 
 
 def pool_out_hw(x_shape, cfg: PoolConfig) -> IntPair:
-    return tuple(out_size(n, k, s, 1, lo, hi) for n, k, s, (lo, hi) in
-                 zip(x_shape[1:3], cfg.window, cfg.stride, cfg.pads))
+    return tuple(out_size(n, k, s, d, lo, hi) for n, k, s, d, (lo, hi) in
+                 zip(x_shape[1:3], cfg.window, cfg.stride, cfg.dilation, cfg.pads))
 
 
-def avg_pool_counts(x_shape, cfg: PoolConfig, op: str = "avg_pool2d") -> np.ndarray:
-    """Number of real (unpadded) input elements in each window, shape (OH, OW): the divisor
-    when count_include_pad=False. A window made only of padding is an error."""
+def avg_pool_counts(x_shape, cfg: PoolConfig, op: str = "avg_pool2d", *,
+                    include_pad: bool = False) -> np.ndarray:
+    """The divisor of each window, shape (OH, OW), as PyTorch counts it: the number of real
+    (unpadded) input elements in it, or with `include_pad` its elements inside the padded input
+    (the window's size, less what a ceil_mode window reaches past the given padding). A window
+    made only of padding is an error when the padding is not counted."""
     counts = []
-    for n, k, s, (lo, _), o in zip(x_shape[1:3], cfg.window, cfg.stride, cfg.pads,
-                                    pool_out_hw(x_shape, cfg)):
+    for n, k, s, (lo, hi), extra, o in zip(x_shape[1:3], cfg.window, cfg.stride, cfg.pads,
+                                           cfg.ceil_extra, pool_out_hw(x_shape, cfg)):
         start = np.arange(o) * s - lo
-        counts.append(np.minimum(start + k, n) - np.maximum(start, 0))
+        first, end = (-lo, n + hi - extra) if include_pad else (0, n)
+        counts.append(np.minimum(start + k, end) - np.maximum(start, first))
     table = np.outer(counts[0], counts[1])
     if table.min() <= 0:
         raise ValueError(f"{op}: with count_include_pad=False some windows hold only padding "
                          f"(input {tuple(x_shape)}, window {cfg.window}, padding {cfg.pads}); "
                          f"use less padding")
     return table
+
+
+def adaptive_pool_check(x, output_size, op: str = "adaptive_avg_pool2d") -> IntPair:
+    """output_size as (OH, OW), each between 1 and the input's size (a larger output would
+    repeat input elements across bins: refused)."""
+    check_rank(op, "x", x, 4, "NHWC")
+    check_float(op, x=x)
+    out = pair(output_size, "output_size", op)
+    in_hw = tuple(np.shape(x)[1:3])
+    if out[0] > in_hw[0] or out[1] > in_hw[1]:
+        raise ValueError(f"{op}: output_size must be at most the input's (H, W) = {in_hw}, "
+                         f"got {out}")
+    return out
+
+
+UPSAMPLE_MODES = ("nearest", "bilinear")
+
+
+def upsample_check(x, scale, mode, op: str = "upsample2d") -> tuple[IntPair, str]:
+    """scale as an int pair (sh, sw), each >= 1, and mode one of UPSAMPLE_MODES."""
+    check_rank(op, "x", x, 4, "NHWC")
+    check_float(op, x=x)
+    scale = pair(scale, "scale", op)
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"{op}: mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
+    _representable(op, "the output's (H, W)",
+                   [n * s for n, s in zip(np.shape(x)[1:3], scale)])
+    return scale, mode
 
 
 def dense_check(x, w, b, op: str = "dense") -> None:

@@ -41,20 +41,20 @@ def max_of(views: list[jax.Array]) -> jax.Array:
     return y
 
 
-def place_views(parts: list[jax.Array], window: IntPair, stride: IntPair, pads: Pads,
-                in_hw: IntPair) -> jax.Array:
-    """The adjoint of `window_views` (dilation 1): part k (N, OH, OW, C) goes back to the input
-    positions that window position k reads; overlapping windows add up; the padding is cropped
-    off, and input rows no window reaches get zeros."""
+def place_views(parts: list[jax.Array], window: IntPair, stride: IntPair, dilation: IntPair,
+                pads: Pads, in_hw: IntPair) -> jax.Array:
+    """The adjoint of `window_views`: part k (N, OH, OW, C) goes back to the input positions
+    that window position k = (i, j) reads, from (i*dh, j*dw) on; overlapping windows add up; the
+    padding is cropped off, and input rows no window reaches get zeros."""
     (top, bottom), (left, right) = pads
     hp, wp = in_hw[0] + top + bottom, in_hw[1] + left + right
-    (sh, sw), kw = stride, window[1]
+    (sh, sw), (dh, dw), kw = stride, dilation, window[1]
     total = None
     for k, part in enumerate(parts):
         i, j = divmod(k, kw)
         oh, ow = part.shape[1:3]
         placed = lax.pad(part, jnp.array(0, part.dtype),
-                         ((0, 0, 0), (i, hp - i - sh * (oh - 1) - 1, sh - 1),
-                          (j, wp - j - sw * (ow - 1) - 1, sw - 1), (0, 0, 0)))
+                         ((0, 0, 0), (i * dh, hp - i * dh - sh * (oh - 1) - 1, sh - 1),
+                          (j * dw, wp - j * dw - sw * (ow - 1) - 1, sw - 1), (0, 0, 0)))
         total = placed if total is None else total + placed
     return total[:, top:top + in_hw[0], left:left + in_hw[1]]

@@ -139,21 +139,33 @@ def tanh(*, ops: ModuleType = hand_ops) -> Layer:
     return _stateless("tanh", lambda x: ops.tanh(x))
 
 
-def max_pool2d(window, stride=None, padding=0, *, ops: ModuleType = hand_ops) -> Layer:
-    """`(N, H, W, C) -> (N, H', W', C)`, the maximum of each window; `stride=None` is `window`."""
-    return _stateless("max_pool2d", lambda x: ops.max_pool2d(x, window, stride, padding))
-
-
-def avg_pool2d(window, stride=None, padding=0, count_include_pad: bool = True, *,
+def max_pool2d(window, stride=None, padding=0, dilation=1, ceil_mode: bool = False, *,
                ops: ModuleType = hand_ops) -> Layer:
+    """`(N, H, W, C) -> (N, H', W', C)`, the maximum of each window; `stride=None` is `window`."""
+    return _stateless("max_pool2d", lambda x: ops.max_pool2d(x, window, stride, padding,
+                                                             dilation, ceil_mode))
+
+
+def avg_pool2d(window, stride=None, padding=0, count_include_pad: bool = True,
+               ceil_mode: bool = False, *, ops: ModuleType = hand_ops) -> Layer:
     """`(N, H, W, C) -> (N, H', W', C)`, the mean of each window; `stride=None` is `window`."""
-    return _stateless("avg_pool2d",
-                      lambda x: ops.avg_pool2d(x, window, stride, padding, count_include_pad))
+    return _stateless("avg_pool2d", lambda x: ops.avg_pool2d(x, window, stride, padding,
+                                                             count_include_pad, ceil_mode))
 
 
 def global_avg_pool2d(*, ops: ModuleType = hand_ops) -> Layer:
     """`(N, H, W, C) -> (N, C)`."""
     return _stateless("global_avg_pool2d", lambda x: ops.global_avg_pool2d(x))
+
+
+def adaptive_avg_pool2d(output_size, *, ops: ModuleType = hand_ops) -> Layer:
+    """`(N, H, W, C) -> (N, OH, OW, C)`, the mean of each of PyTorch's adaptive bins."""
+    return _stateless("adaptive_avg_pool2d", lambda x: ops.adaptive_avg_pool2d(x, output_size))
+
+
+def upsample2d(scale, mode: str = "nearest", *, ops: ModuleType = hand_ops) -> Layer:
+    """`(N, H, W, C) -> (N, H*sh, W*sw, C)`, "nearest" or "bilinear" (align_corners=False)."""
+    return _stateless("upsample2d", lambda x: ops.upsample2d(x, scale, mode))
 
 
 def flatten(*, ops: ModuleType = hand_ops) -> Layer:
@@ -290,4 +302,4 @@ def residual(body: Layer, shortcut: Optional[Layer] = None) -> Layer:
 __all__ = ["Layer", "output_shape", "conv2d", "dense", "relu", "leaky_relu", "gelu", "sigmoid",
            "tanh", "silu", "elu", "softplus", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
            "flatten", "batch_norm", "layer_norm", "group_norm", "dropout", "serial", "residual",
-           "split_key"]
+           "split_key", "adaptive_avg_pool2d", "upsample2d"]

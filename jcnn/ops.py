@@ -9,8 +9,10 @@ from jcnn.dropout import dropout
 from jcnn.loss import log_softmax, softmax_cross_entropy
 from jcnn.norm import batch_norm, group_norm, layer_norm
 from jcnn.pool import avg_pool2d, global_avg_pool2d, max_pool2d
+from jcnn.resize import adaptive_avg_pool2d, upsample2d
 
 __all__ = ["conv2d", "conv_transpose2d", "dense", "flatten", "relu", "leaky_relu", "sigmoid",
-           "tanh", "gelu", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "batch_norm",
+           "tanh", "gelu", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
+           "adaptive_avg_pool2d", "upsample2d", "batch_norm",
            "dropout", "log_softmax", "softmax_cross_entropy", "silu", "elu", "softplus",
            "layer_norm", "group_norm"]

@@ -1,8 +1,12 @@
 """Max, average and global average pooling with hand-derived backward rules.
 
-Notation: window (kh, kw), stride (sh, sw), padding ((top, bottom), (left, right)); the padded
-input is Xp (padding -inf for max, 0 for average), and window position k = (i, j) reads
-    Xp[n, y*sh + i, x*sw + j, c]        for every output (y, x).
+Notation: window (kh, kw), stride (sh, sw), dilation (dh, dw; max only), padding
+((top, bottom), (left, right)); the padded input is Xp (padding -inf for max, 0 for average),
+and window position k = (i, j) reads
+    Xp[n, y*sh + i*dh, x*sw + j*dw, c]        for every output (y, x).
+ceil_mode (PyTorch's) is more bottom/right padding, fixed at trace time from the static shapes
+(`_validate.ceil_extra`): enough for a last, partial window that starts in the input or the
+top/left padding; the rules below see only a padded input.
 Every backward below puts the part of G that each window position k owns back where k reads
 from: a strided `lax.pad` per position, summed, then cropped by the padding (`_place`; no
 scatter). Input rows no window reaches receive zero.
@@ -14,7 +18,9 @@ max:  Y = max_k Xp_k;  dX gets G at the FIRST k (row-major) with Xp_k == Y, as a
       NaN has Y = NaN, and no Xp_k equals it: its G goes nowhere here (autodiff routes it by
       its scan order, PyTorch to the NaN); a NaN input has already made the loss NaN.
 avg:  Y = sum_k Xp_k / D;  dX gets G / D from every k  (D = kh*kw, or the count of real
-      elements in the window when count_include_pad=False).
+      elements in the window when count_include_pad=False; a ceil_mode window reaching past
+      the given padding counts only what it holds of the padded input, as PyTorch does: D is
+      then a static (OH, OW) table).
 """
 from __future__ import annotations
 
@@ -32,21 +38,23 @@ from jcnn.forms import pool as pool_forms
 Array = jax.Array
 
 
-def max_pool2d(x: Array, window, stride=None, padding=0) -> Array:
-    """x (N, H, W, C) -> (N, OH, OW, C), the maximum of each window; stride=None means
-    stride=window; padding is -inf. dX gets each window's G at its first maximum."""
-    cfg = pool_config(x, window, stride, padding, "max_pool2d")
+def max_pool2d(x: Array, window, stride=None, padding=0, dilation=1,
+               ceil_mode: bool = False) -> Array:
+    """x (N, H, W, C) -> (N, OH, OW, C), the maximum of each (dilated) window; stride=None
+    means stride=window; padding is -inf; ceil_mode as PyTorch's. dX gets each window's G at
+    its first maximum."""
+    cfg = pool_config(x, window, stride, padding, "max_pool2d", dilation, ceil_mode)
     return by_platform(partial(_max_pool, cfg), pool_forms.max_pool(cfg, x), x)
 
 
 def _windows(x: Array, cfg: PoolConfig, fill) -> list[Array]:
     """The K strided views Xp_k, each (N, OH, OW, C), in row-major window order."""
-    return window_views(x, cfg.window, cfg.stride, (1, 1), cfg.pads, fill)
+    return window_views(x, cfg.window, cfg.stride, cfg.dilation, cfg.pads, fill)
 
 
 def _place(parts: list[Array], cfg: PoolConfig, in_hw) -> Array:
     """The adjoint of `_windows`: part k goes back to where window position k reads."""
-    return place_views(parts, cfg.window, cfg.stride, cfg.pads, in_hw)
+    return place_views(parts, cfg.window, cfg.stride, cfg.dilation, cfg.pads, in_hw)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -82,14 +90,16 @@ def _max_pool_bwd(cfg, res, g):
 _max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-def avg_pool2d(x: Array, window, stride=None, padding=0, count_include_pad: bool = True) -> Array:
+def avg_pool2d(x: Array, window, stride=None, padding=0, count_include_pad: bool = True,
+               ceil_mode: bool = False) -> Array:
     """x (N, H, W, C) -> (N, OH, OW, C), the mean of each window; stride=None means
-    stride=window; padding counts as zeros in the divisor unless count_include_pad=False."""
-    cfg = pool_config(x, window, stride, padding, "avg_pool2d")
-    if flag_check(count_include_pad, "count_include_pad", "avg_pool2d"):
-        divisor = float(cfg.window[0] * cfg.window[1])
-    else:
-        divisor = tuple(map(tuple, avg_pool_counts(x.shape, cfg).tolist()))  # hashable, static
+    stride=window; padding counts as zeros in the divisor unless count_include_pad=False;
+    ceil_mode as PyTorch's."""
+    cfg = pool_config(x, window, stride, padding, "avg_pool2d", 1, ceil_mode)
+    table = avg_pool_counts(x.shape, cfg, include_pad=flag_check(
+        count_include_pad, "count_include_pad", "avg_pool2d"))
+    divisor = (float(table[0, 0]) if (table == table[0, 0]).all()
+               else tuple(map(tuple, table.tolist())))  # hashable, static
     return _avg_pool(cfg, divisor, x)
 
 

@@ -10,6 +10,7 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jcnn import _validate as v
@@ -105,30 +106,72 @@ def softplus(x: Array) -> Array:
 
 
 def _window_args(cfg: v.PoolConfig):
-    return (1, *cfg.window, 1), (1, *cfg.stride, 1), ((0, 0), *cfg.pads, (0, 0))
+    return ((1, *cfg.window, 1), (1, *cfg.stride, 1), ((0, 0), *cfg.pads, (0, 0)), None,
+            (1, *cfg.dilation, 1))
 
 
-def max_pool2d(x: Array, window, stride=None, padding: PaddingLike = 0) -> Array:
-    cfg = v.pool_config(x, window, stride, padding, "max_pool2d")
+def max_pool2d(x: Array, window, stride=None, padding: PaddingLike = 0, dilation=1,
+               ceil_mode: bool = False) -> Array:
+    cfg = v.pool_config(x, window, stride, padding, "max_pool2d", dilation, ceil_mode)
+    if cfg.dilation != (1, 1):
+        return _dilated_max_pool(x, cfg)
     # A Python scalar init, not a jnp array: only then does lax recognise the max monoid (and
     # its autodiff rule, select_and_scatter_add) when traced under jit.
     return lax.reduce_window(x, -jnp.inf, lax.max, *_window_args(cfg))
 
 
+def _dilated_max_pool(x: Array, cfg: v.PoolConfig) -> Array:
+    """JAX has no VJP of a dilated max reduce_window: gather every window, (N, OH, OW, K, C),
+    and take its first maximum (argmax), whose autodiff sends G there alone."""
+    (oh, ow), (kh, kw) = v.pool_out_hw(x.shape, cfg), cfg.window
+    xp = jnp.pad(x, ((0, 0), *cfg.pads, (0, 0)), constant_values=-jnp.inf)
+    i, j = np.divmod(np.arange(kh * kw), kw)
+    rows = np.arange(oh)[:, None, None] * cfg.stride[0] + i * cfg.dilation[0]  # (OH, 1, K)
+    cols = np.arange(ow)[None, :, None] * cfg.stride[1] + j * cfg.dilation[1]  # (1, OW, K)
+    windows = xp[:, rows, cols]
+    first = jnp.argmax(windows, axis=3, keepdims=True)
+    return jnp.take_along_axis(windows, first, axis=3)[:, :, :, 0]
+
+
 def avg_pool2d(x: Array, window, stride=None, padding: PaddingLike = 0,
-               count_include_pad: bool = True) -> Array:
-    cfg = v.pool_config(x, window, stride, padding, "avg_pool2d")
+               count_include_pad: bool = True, ceil_mode: bool = False) -> Array:
+    cfg = v.pool_config(x, window, stride, padding, "avg_pool2d", 1, ceil_mode)
     count_include_pad = v.flag_check(count_include_pad, "count_include_pad", "avg_pool2d")
     sums = lax.reduce_window(x, 0.0, lax.add, *_window_args(cfg))
-    if count_include_pad:
-        return sums / (cfg.window[0] * cfg.window[1])
-    counts = v.avg_pool_counts(x.shape, cfg)
+    counts = v.avg_pool_counts(x.shape, cfg, include_pad=count_include_pad)
     return sums / jnp.asarray(counts, x.dtype)[None, :, :, None]
 
 
 def global_avg_pool2d(x: Array) -> Array:
     v.global_pool_check(x)
     return jnp.mean(x, axis=(1, 2))
+
+
+def adaptive_avg_pool2d(x: Array, output_size) -> Array:
+    oh, ow = v.adaptive_pool_check(x, output_size)
+
+    def bins(x: Array, axis: int, out: int) -> Array:  # PyTorch's bins, one static slice each
+        n = x.shape[axis]
+        return jnp.stack([jnp.mean(lax.slice_in_dim(x, o * n // out, -(-(o + 1) * n // out),
+                                                    axis=axis), axis=axis)
+                          for o in range(out)], axis=axis)
+    return bins(bins(x, 1, oh), 2, ow)
+
+
+def upsample2d(x: Array, scale, mode: str = "nearest") -> Array:
+    scale, mode = v.upsample_check(x, scale, mode)
+    for axis, s in zip((1, 2), scale):
+        n = x.shape[axis]
+        if mode == "nearest":
+            x = jnp.repeat(x, s, axis=axis)
+            continue
+        # PyTorch's half-pixel source, clamped at 0; the next row clamped at the last one
+        src = np.maximum((np.arange(n * s) + 0.5) / s - 0.5, 0)
+        h0 = np.floor(src).astype(int)
+        frac = jnp.asarray(src - h0, x.dtype).reshape((1, -1, 1, 1) if axis == 1 else (1, 1, -1, 1))
+        x = (jnp.take(x, h0, axis=axis) * (1 - frac)
+             + jnp.take(x, np.minimum(h0 + 1, n - 1), axis=axis) * frac)
+    return x
 
 
 def batch_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:

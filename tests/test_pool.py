@@ -1,6 +1,7 @@
 """Pooling: each config three ways (autodiff of jcnn.reference, float64 finite differences,
 the NumPy loops), both max-pool backward formulations, ties, -inf padding, second order, jit,
-vmap, dtypes, and the compiled backward free of scatter."""
+vmap, dtypes, and the compiled backward free of scatter; max-pool dilation and ceil_mode (and
+avg-pool's, with PyTorch's divisor) also against PyTorch in float64."""
 import re
 from functools import partial
 
@@ -30,6 +31,20 @@ CONFIGS = [  # (id, x shape, kwargs)
 ]
 IDS = [c[0] for c in CONFIGS]
 
+OPTIONS = [  # dilation and ceil_mode; symmetric int/pair padding, as PyTorch takes
+    ("ceil-last-window-in-right-pad-dropped", (2, 5, 5, 2),
+     dict(window=2, stride=2, padding=1, ceil_mode=True)),
+    ("ceil-partial-last-window", (1, 7, 6, 2), dict(window=3, stride=2, padding=1, ceil_mode=True)),
+    ("ceil-s3-unpadded", (1, 7, 8, 1), dict(window=2, stride=3, ceil_mode=True)),
+    ("ceil-s3-p1", (1, 6, 7, 2), dict(window=3, stride=3, padding=1, ceil_mode=True)),
+    ("dil2", (2, 8, 7, 1), dict(window=3, stride=2, dilation=2)),
+    ("dil(2,1)-ceil-asym", (1, 9, 8, 2),
+     dict(window=(3, 2), stride=(2, 3), padding=(1, 1), dilation=(2, 1), ceil_mode=True)),
+    ("dil2-tiling-stride", (1, 8, 8, 1), dict(window=2, dilation=2)),
+]
+OPTION_IDS = [c[0] for c in OPTIONS]
+AVG_OPTIONS = [c for c in OPTIONS if "dilation" not in c[2]]
+
 
 def distinct(shape, seed=0):
     """Values 1/size apart, so no ties and finite differences never cross a kink."""
@@ -42,13 +57,14 @@ FORMS = ["plain", "cpu"]  # pool._max_pool, the mask rule; forms/pool.py's bits 
 
 def max_with(form, kwargs):
     def f(x):
-        cfg = pool_config(x, kwargs["window"], kwargs.get("stride"), kwargs.get("padding", 0), "t")
+        cfg = pool_config(x, kwargs["window"], kwargs.get("stride"), kwargs.get("padding", 0),
+                          "t", kwargs.get("dilation", 1), kwargs.get("ceil_mode", False))
         return (pool._max_pool if form == "plain" else pool_forms._argmax_pool)(cfg, x)
     return f
 
 
 @pytest.mark.parametrize("method", FORMS)
-@pytest.mark.parametrize("_, shape, kwargs", CONFIGS, ids=IDS)
+@pytest.mark.parametrize("_, shape, kwargs", CONFIGS + OPTIONS, ids=IDS + OPTION_IDS)
 def test_max_pool_three_ways(method, _, shape, kwargs):
     x = distinct(shape)
     f, ref = max_with(method, kwargs), lambda x: reference.max_pool2d(x, **kwargs)
@@ -62,7 +78,8 @@ def test_max_pool_three_ways(method, _, shape, kwargs):
 
 
 @pytest.mark.parametrize("method", FORMS)
-@pytest.mark.parametrize("_, shape, kwargs", CONFIGS[:3], ids=IDS[:3])
+@pytest.mark.parametrize("_, shape, kwargs", CONFIGS[:3] + OPTIONS[1::2],
+                         ids=IDS[:3] + OPTION_IDS[1::2])
 def test_max_pool_second_order(method, _, shape, kwargs):
     f, ref = max_with(method, kwargs), lambda x: reference.max_pool2d(x, **kwargs)
     assert_second_order_matches(f, ref, (distinct(shape),), (0,))
@@ -86,8 +103,11 @@ def test_max_pool_hessian_through_the_pooled_value(method, _, shape, kwargs):
 
 @pytest.mark.parametrize("method", FORMS)
 @pytest.mark.parametrize("kwargs", [dict(window=3, stride=2, padding=1), dict(window=2),
-                                    dict(window=(2, 3), padding=((1, 0), (0, 2)))],
-                         ids=["overlapping", "tiles", "tiles-padded"])
+                                    dict(window=(2, 3), padding=((1, 0), (0, 2))),
+                                    dict(window=3, stride=2, padding=1, dilation=2, ceil_mode=True),
+                                    dict(window=2, dilation=(1, 2), ceil_mode=True)],
+                         ids=["overlapping", "tiles", "tiles-padded", "dilated-ceil",
+                              "dilated-tiles-ceil"])
 @pytest.mark.parametrize("x", [
     jnp.zeros((1, 4, 4, 2)),  # all-equal windows: ReLU's zeros
     jnp.asarray(np.random.default_rng(0).integers(0, 2, (2, 6, 6, 1)), jnp.float64),
@@ -224,8 +244,9 @@ def test_compiled_backward_has_no_scatter(method):
 
 @pytest.mark.parametrize("include", [True, False], ids=["count-pad", "exclude-pad"])
 @pytest.mark.parametrize("_, shape, kwargs",
-                         [c for c in CONFIGS if c[0] != "window-as-padded-input"],
-                         ids=[i for i in IDS if i != "window-as-padded-input"])
+                         [c for c in CONFIGS if c[0] != "window-as-padded-input"] + AVG_OPTIONS,
+                         ids=[i for i in IDS if i != "window-as-padded-input"]
+                         + [c[0] for c in AVG_OPTIONS])
 def test_avg_pool_three_ways(include, _, shape, kwargs):
     x = distinct(shape)
     f = lambda x: jcnn.avg_pool2d(x, **kwargs, count_include_pad=include)
@@ -279,9 +300,11 @@ def test_count_include_pad_must_be_a_bool(op, flag):
         op(jnp.ones((1, 4, 4, 1)), 2, 1, 1, count_include_pad=flag)
 
 
-@pytest.mark.parametrize("op", [lambda x: jcnn.max_pool2d(x, 2),
-                                lambda x: jcnn.avg_pool2d(x, 3, 1, 1),
-                                jcnn.global_avg_pool2d], ids=["max", "avg", "global"])
+@pytest.mark.parametrize("op", [
+    lambda x: jcnn.max_pool2d(x, 2), lambda x: jcnn.avg_pool2d(x, 3, 1, 1), jcnn.global_avg_pool2d,
+    lambda x: jcnn.max_pool2d(x, 2, 2, 1, dilation=2, ceil_mode=True),
+    lambda x: jcnn.avg_pool2d(x, 3, 2, 1, ceil_mode=True)],
+    ids=["max", "avg", "global", "max-dilated-ceil", "avg-ceil"])
 def test_jit_vmap_and_vmap_of_grad(op):
     xs = distinct((3, 2, 4, 4, 2))
     loss = lambda x: jnp.sum(op(x) ** 2)
@@ -316,3 +339,51 @@ def test_random_configs_match_the_loops(h, w, kh, kw, sh, sw, top, left, method)
     g = np.random.default_rng(4).standard_normal(jax.eval_shape(f, x).shape)
     (dx_loops,) = naive.max_pool2d_backward(g, x, **kwargs)
     np.testing.assert_allclose(pulled(f, jnp.asarray(g), x)[1][0], dx_loops, atol=1e-12)
+
+
+def _torch(op, x, g, **kwargs):
+    """PyTorch's y and dx (NHWC in and out), float64."""
+    torch = pytest.importorskip("torch")
+    t = torch.tensor(np.transpose(np.asarray(x), (0, 3, 1, 2)), requires_grad=True)
+    kwargs = dict(kwargs, kernel_size=kwargs.pop("window"))
+    y = getattr(torch.nn.functional, op)(t, **kwargs)
+    y.backward(torch.tensor(np.transpose(g, (0, 3, 1, 2))))
+    return (np.transpose(y.detach().numpy(), (0, 2, 3, 1)),
+            np.transpose(t.grad.numpy(), (0, 2, 3, 1)))
+
+
+@pytest.mark.parametrize("_, shape, kwargs", OPTIONS, ids=OPTION_IDS)
+def test_max_pool_matches_pytorch(_, shape, kwargs):
+    """The op as lowered here (on CPU its form); test_max_pool_three_ways holds both forms to
+    the reference and the loops."""
+    x = distinct(shape)
+    f = lambda x: jcnn.max_pool2d(x, **kwargs)
+    g = np.random.default_rng(1).standard_normal(jax.eval_shape(f, x).shape)
+    y_torch, dx_torch = _torch("max_pool2d", x, g, **kwargs)
+    y, (dx,) = pulled(f, jnp.asarray(g), x)
+    assert y.shape == y_torch.shape
+    np.testing.assert_array_equal(y, y_torch)
+    np.testing.assert_allclose(dx, dx_torch, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("include", [True, False], ids=["count-pad", "exclude-pad"])
+@pytest.mark.parametrize("_, shape, kwargs", AVG_OPTIONS, ids=[c[0] for c in AVG_OPTIONS])
+def test_avg_pool_matches_pytorch(include, _, shape, kwargs):
+    """PyTorch's divisor: with count_include_pad the padding counts but not the part of a
+    ceil_mode window past it; without, only the input's elements."""
+    x = distinct(shape)
+    f = lambda x: jcnn.avg_pool2d(x, **kwargs, count_include_pad=include)
+    g = np.random.default_rng(2).standard_normal(jax.eval_shape(f, x).shape)
+    y_torch, dx_torch = _torch("avg_pool2d", x, g, **kwargs, count_include_pad=include)
+    y, (dx,) = pulled(f, jnp.asarray(g), x)
+    np.testing.assert_allclose(y, y_torch, rtol=1e-12)
+    np.testing.assert_allclose(dx, dx_torch, rtol=1e-12, atol=1e-15)
+
+
+def test_the_cpu_form_keeps_bits_only_for_undilated_tiles():
+    """A dilated 2x2/2 window does not tile: the form stores the index, not the bits."""
+    x = distinct((1, 8, 8, 1))
+    for dilation, saved in ((1, jnp.uint8), (2, jnp.int8)):
+        cfg = pool_config(x, 2, None, 0, "t", dilation)
+        assert jax.eval_shape(lambda x: pool_forms._argmax_pool_fwd(cfg, x), x)[1][0].dtype \
+            == saved

@@ -35,7 +35,7 @@ def max_pool(cfg, x: Array) -> Optional[Callable]:
 
 
 def _views(x: Array, cfg) -> list[Array]:
-    return window_views(x, cfg.window, cfg.stride, (1, 1), cfg.pads, -jnp.inf)
+    return window_views(x, cfg.window, cfg.stride, cfg.dilation, cfg.pads, -jnp.inf)
 
 
 def _index_dtype(k: int):
@@ -44,8 +44,10 @@ def _index_dtype(k: int):
 
 
 def _tiled(cfg) -> bool:
-    """The windows tile the input (stride == window) and their positions fit in 32 bits."""
-    return cfg.stride == cfg.window and cfg.window[0] * cfg.window[1] <= 32
+    """The windows tile the input (stride == window, undilated) and their positions fit in 32
+    bits."""
+    return (cfg.stride == cfg.window and cfg.dilation == (1, 1)
+            and cfg.window[0] * cfg.window[1] <= 32)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -74,7 +76,7 @@ def _argmax_pool_bwd(cfg, res, g):
     zero = jnp.zeros_like(g)
     parts = [jnp.where(route == jnp.asarray(k, route.dtype), g, zero)
              for k in range(cfg.window[0] * cfg.window[1])]
-    return (place_views(parts, cfg.window, cfg.stride, cfg.pads, in_hw),)
+    return (place_views(parts, cfg.window, cfg.stride, cfg.dilation, cfg.pads, in_hw),)
 
 
 _argmax_pool.defvjp(_argmax_pool_fwd, _argmax_pool_bwd)

@@ -10,9 +10,13 @@ from jcnn.naive.layers import (batch_norm, batch_norm_backward, dense, dense_bac
                                group_norm_backward, layer_norm, layer_norm_backward,
                                softmax_cross_entropy, softmax_cross_entropy_backward)
 from jcnn.naive.pool import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
+from jcnn.naive.pool import adaptive_avg_pool2d, adaptive_avg_pool2d_backward
+from jcnn.naive.upsample import upsample2d, upsample2d_backward
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
            "dense", "dense_backward", "batch_norm", "batch_norm_backward", "layer_norm",
            "layer_norm_backward", "group_norm", "group_norm_backward",
            "softmax_cross_entropy", "softmax_cross_entropy_backward", "max_pool2d",
-           "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward"]
+           "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
+           "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "upsample2d",
+           "upsample2d_backward"]
