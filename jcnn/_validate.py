@@ -354,11 +354,19 @@ def dense_check(x, w, b, op: str = "dense") -> None:
     _bias(op, b, np.shape(w)[1])
 
 
-def batch_norm_check(x, scale, bias, eps, op: str = "batch_norm") -> float:
+def batch_norm_check(x, scale, bias, eps, op: str = "batch_norm", *, mean=None,
+                     var=None) -> float:
+    """Training mode, or evaluation mode with `mean` and `var` both given, checked as scale."""
     if np.ndim(x) < 2:
         raise ValueError(f"{op}: x must have rank >= 2 (batch, ..., channels), "
                          f"got shape {np.shape(x)}")
-    eps = _affine_norm_check(x, scale, bias, eps, op)
+    if (mean is None) != (var is None):
+        given, missing = ("mean", "var") if var is None else ("var", "mean")
+        raise ValueError(f"{op}: {given} given without {missing}; evaluation mode needs both, "
+                         f"training mode neither")
+    eps = _affine_norm_check(x, scale, bias, eps, op, mean=mean, var=var)
+    if mean is not None:
+        return eps
     if eps == 0 and np.size(x) == np.shape(x)[-1]:  # var = 0 for sure: xhat = 0 / 0
         raise ValueError(f"{op}: eps = 0 needs more than one element per channel to divide by "
                          f"a nonzero variance; x shape {np.shape(x)} has one")
@@ -391,11 +399,14 @@ def group_norm_check(x, groups, scale, bias, eps, op: str = "group_norm") -> tup
     return eps, groups
 
 
-def _affine_norm_check(x, scale, bias, eps, op: str) -> float:
-    """Float x, scale and bias of x's last axis, and eps finite and >= 0."""
-    check_float(op, x=x, scale=scale, bias=bias)
+def _affine_norm_check(x, scale, bias, eps, op: str, **stats) -> float:
+    """Float x, scale and bias (and the `stats` given) of x's last axis, and eps finite and
+    >= 0."""
+    check_float(op, x=x, scale=scale, bias=bias, **stats)
     c = np.shape(x)[-1]
-    for name, a in (("scale", scale), ("bias", bias)):
+    for name, a in (("scale", scale), ("bias", bias), *stats.items()):
+        if a is None:
+            continue
         if tuple(np.shape(a)) != (c,):
             raise ValueError(f"{op}: {name} must have shape ({c},) (x's last axis), got "
                              f"{tuple(np.shape(a))}; x shape {np.shape(x)}")

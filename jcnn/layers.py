@@ -181,7 +181,9 @@ def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5, ops: ModuleType = ha
     normalises with the batch statistics through `ops.batch_norm` (whose gradient flows
     through them too) and updates
     `running = momentum * running + (1 - momentum) * batch`, the variance unbiased as in
-    PyTorch; evaluation is the affine map `(x - mean) / sqrt(var + eps) * scale + bias`.
+    PyTorch; evaluation normalises with the running statistics through
+    `ops.batch_norm(..., mean=, var=)`, `(x - mean) / sqrt(var + eps) * scale + bias`, in x's
+    dtype.
     """
     def init(key, input_shape):
         c = input_shape[-1]
@@ -190,11 +192,9 @@ def batch_norm(*, momentum: float = 0.9, eps: float = 1e-5, ops: ModuleType = ha
 
     def apply(params, state, x, *, train, key=None):
         if not train:
-            per_channel = (1,) * (x.ndim - 1) + (-1,)  # explicit: no implicit rank promotion
-            inv = lax.rsqrt(state["var"] + eps) * params["scale"]
-            shift = params["bias"] - state["mean"] * inv
-            inv, shift = (v.astype(x.dtype).reshape(per_channel) for v in (inv, shift))
-            return x * inv + shift, state
+            mean, var = (state[k].astype(x.dtype) for k in ("mean", "var"))
+            return ops.batch_norm(x, params["scale"], params["bias"], eps=eps, mean=mean,
+                                  var=var), state
         y = ops.batch_norm(x, params["scale"], params["bias"], eps=eps)
         n = math.prod(x.shape[:-1])
         if n == 0:  # an empty batch has no statistics: the running ones stay (as in PyTorch)

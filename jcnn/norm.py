@@ -9,6 +9,10 @@ With G = dL/dy and Gh = G * scale = dL/dxhat, the chain rule through mu and var 
 (the mean(Gh) term is the path through mu, the xhat * mean(Gh xhat) term the path through var;
 docs/backprop.md derives it step by step).
 
+In evaluation mode mu and var are given (running statistics, arguments of their own), so y is
+affine in x and nothing flows back through statistics of x: dx = Gh * r, and mu and var get
+gradients of their own (`_batch_norm_eval_bwd`).
+
 Layer norm is the same maths with the roles of the axes exchanged: the statistics of each row
 over its C channels (the last axis), scale and bias still per channel, so Gh = G * scale varies
 along the row and the means in dx are over the row; dscale and dbias sum over the rows.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +35,18 @@ from jcnn.forms import norm as norm_forms
 Array = jax.Array
 
 
-def batch_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
+def batch_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5,
+               mean: Optional[Array] = None, var: Optional[Array] = None) -> Array:
     """x (N, ..., C), scale (C,), bias (C,) -> (N, ..., C), normalised with the batch mean and
     biased variance of each channel. eps = 0 with one element per channel (0 / 0) raises
-    ValueError; a channel whose values are all equal gives NaN with eps = 0, as in autodiff."""
-    eps = batch_norm_check(x, scale, bias, eps)
-    return _batch_norm(eps, *alike(x, scale, bias))
+    ValueError; a channel whose values are all equal gives NaN with eps = 0, as in autodiff.
+
+    With `mean` and `var` (C,) (evaluation mode, e.g. running statistics) it normalises with
+    those instead, `(x - mean) / sqrt(var + eps) * scale + bias`, differentiable in all five."""
+    eps = batch_norm_check(x, scale, bias, eps, mean=mean, var=var)
+    if mean is None:
+        return _batch_norm(eps, *alike(x, scale, bias))
+    return _batch_norm_eval(eps, *alike(x, scale, bias, mean, var))
 
 
 def _axes(x):
@@ -81,6 +92,44 @@ def _batch_norm_bwd(eps, res, g):
 
 
 _batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+def _eval_normalised(eps, x, mean, var):
+    """xhat = (x - mean) r and r = 1 / sqrt(var + eps) (C,), with the given statistics."""
+    r = lax.rsqrt(var + eps)
+    return (x - _channel(mean, x.ndim)) * _channel(r, x.ndim), r
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _batch_norm_eval(eps: float, x: Array, scale: Array, bias: Array, mean: Array,
+                     var: Array) -> Array:
+    xhat = _eval_normalised(eps, x, mean, var)[0]
+    return xhat * _channel(scale, x.ndim) + _channel(bias, x.ndim)
+
+
+def _batch_norm_eval_fwd(eps, x, scale, bias, mean, var):
+    # y through the rule itself, so that second order differentiates it by this rule
+    xhat, r = _eval_normalised(eps, x, mean, var)
+    return _batch_norm_eval(eps, x, scale, bias, mean, var), (xhat, r, scale)
+
+
+# Evaluation mode: y = (x - mean) r scale + bias per channel, r = (var + eps)^(-1/2), mean and
+# var constants of the batch (no path through them back to x). Per element, with G = dL/dy:
+#     dy/dx = r scale,  dy/dbias = 1,  dy/dscale = xhat,  dy/dmean = -r scale,
+#     dy/dvar = scale (x - mean) * dr/dvar = scale (x - mean) * (-1/2) (var + eps)^(-3/2)
+#             = -1/2 scale xhat r^2.
+# Summed over the M elements of each channel, with dbias = sum G and dscale = sum G xhat:
+#     dx = G r scale,  dmean = -r scale dbias,  dvar = -1/2 r^2 scale dscale.
+def _batch_norm_eval_bwd(eps, res, g):
+    xhat, r, scale = res
+    dbias, dscale = _channel_sums(g, xhat)
+    dmean = -(r * scale) * dbias.astype(g.dtype)
+    dvar = -0.5 * (r * r * scale) * dscale.astype(g.dtype)
+    dx = g * _channel(r * scale, g.ndim)
+    return dx, dscale.astype(g.dtype), dbias.astype(g.dtype), dmean, dvar
+
+
+_batch_norm_eval.defvjp(_batch_norm_eval_fwd, _batch_norm_eval_bwd)
 
 
 @jax.custom_vjp

@@ -174,8 +174,12 @@ def upsample2d(x: Array, scale, mode: str = "nearest") -> Array:
     return x
 
 
-def batch_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5) -> Array:
-    eps = v.batch_norm_check(x, scale, bias, eps)
+def batch_norm(x: Array, scale: Array, bias: Array, *, eps: float = 1e-5,
+               mean: Optional[Array] = None, var: Optional[Array] = None) -> Array:
+    eps = v.batch_norm_check(x, scale, bias, eps, mean=mean, var=var)
+    if mean is not None:
+        xhat = (x - _per_channel(mean, x.ndim)) * _per_channel(lax.rsqrt(var + eps), x.ndim)
+        return _affine(xhat, scale, bias)
     return _affine(_standardised(x, tuple(range(x.ndim - 1)), eps), scale, bias)
 
 

@@ -169,6 +169,22 @@ CASES = [
      ["x", "rank 4"]),
     ("upsample-int", "upsample2d", (X.astype(jnp.int32), 2), {}, TypeError, ["x", "floating"]),
     ("upsample-2**31", "upsample2d", (X, 2 ** 30), {}, ValueError, ["output", "2**31"]),
+    ("bn-eval-mean-alone", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((4,), f32)),
+     {"mean": jnp.zeros((4,), f32)}, ValueError, ["mean given without var", "both"]),
+    ("bn-eval-var-alone", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((4,), f32)),
+     {"var": jnp.ones((4,), f32)}, ValueError, ["var given without mean", "both"]),
+    ("bn-eval-mean-shape", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((4,), f32)),
+     {"mean": jnp.zeros((3,), f32), "var": jnp.ones((4,), f32)}, ValueError, ["mean", "(4,)"]),
+    ("bn-eval-var-rank2", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((4,), f32)),
+     {"mean": jnp.zeros((4,), f32), "var": jnp.ones((1, 4), f32)}, ValueError, ["var", "(4,)"]),
+    ("bn-eval-var-dtype", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((4,), f32)),
+     {"mean": jnp.zeros((4,), f32), "var": jnp.ones((4,), jnp.float16)}, TypeError,
+     ["dtype", "var float16"]),
+    ("bn-eval-mean-int", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((4,), f32)),
+     {"mean": jnp.zeros((4,), jnp.int32), "var": jnp.ones((4,), f32)}, TypeError,
+     ["mean", "floating"]),
+    ("bn-eval-mean-list", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((4,), f32)),
+     {"mean": [0.0] * 4, "var": jnp.ones((4,), f32)}, TypeError, ["mean", "list"]),
 ]
 
 

@@ -343,3 +343,120 @@ def test_group_norm_of_an_empty_batch_is_empty_with_zero_parameter_gradients():
     assert y.shape == x.shape and dx.shape == x.shape
     np.testing.assert_array_equal(dscale, 0)
     np.testing.assert_array_equal(dbias, 0)
+
+
+# ------------------------------------------------------------ batch_norm in evaluation mode
+
+EVAL_CASES = [  # (x shape, eps, kinks): statistics given, not computed from x
+    pytest.param((8, 5), 1e-5, False, id="NC"),
+    pytest.param((3, 4, 4, 2), 0.1, False, id="NHWC-eps0.1"),
+    pytest.param((1, 1, 1, 3), 0.0, False, id="one-element-eps0"),
+    pytest.param((2, 3, 3, 2), 1e-3, True, id="kinks-x-on-mean-and-ties"),
+]
+
+
+def eval_args(shape, kinks=False, seed=0):
+    """(x, scale, bias, mean, var): var in (0.5, 2.5); kinks: x and mean integers, so that
+    some x equal their channel's mean exactly (xhat = 0) and many values tie."""
+    rng = np.random.default_rng([seed, *shape])
+    c = shape[-1]
+    x, mean = rng.standard_normal(shape) * 2, rng.standard_normal(c)
+    if kinks:
+        x, mean = np.round(x), np.round(mean)
+    return tuple(jnp.asarray(a) for a in (x, rng.uniform(0.5, 2, c), rng.standard_normal(c),
+                                          mean, rng.uniform(0.5, 2.5, c)))
+
+
+def bn_eval(module, eps):
+    return jax.jit(lambda x, s, b, m, v: module.batch_norm(x, s, b, eps=eps, mean=m, var=v))
+
+
+@pytest.mark.parametrize("shape, eps, kinks", EVAL_CASES)
+def test_eval_mode_three_ways_to_second_order(shape, eps, kinks):
+    """Jointly in x, scale, bias, mean and var: autodiff of the reference (first and second
+    order), float64 finite differences (`jcnn.check_vjp`, orders 1 and 2) and the loops."""
+    f, ref, args = bn_eval(jcnn, eps), bn_eval(reference, eps), eval_args(shape, kinks)
+    assert_matches_reference(f, ref, args, range(5))
+    assert_second_order_matches(f, ref, args, range(5))
+    jcnn.check_vjp(f, ref, *args, order=2, samples=1)  # raises on a mismatch
+    g = jnp.asarray(np.random.default_rng(7).standard_normal(shape))
+    y, pull = jax.vjp(f, *args)
+    x, scale, bias, mean, var = args
+    np.testing.assert_allclose(y, naive.batch_norm(x, scale, bias, eps=eps, mean=mean, var=var),
+                               rtol=1e-10, atol=1e-12)
+    want = naive.batch_norm_backward(g, x, scale, bias, eps=eps, mean=mean, var=var)
+    for got, want, name in zip(pull(g), want, ("dx", "dscale", "dbias", "dmean", "dvar")):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11, err_msg=name)
+
+
+def test_eval_mode_is_the_training_mode_at_the_batch_statistics():
+    """Given the batch's own mean and biased variance, evaluation mode gives training mode's y;
+    its dx is then only the direct path, training's dx minus the paths through the statistics."""
+    x, scale, bias = bn_args(3, 4, 4, 2)
+    axes = (0, 1, 2)
+    mean, var = jnp.mean(x, axis=axes), jnp.var(x, axis=axes)
+    np.testing.assert_allclose(jcnn.batch_norm(x, scale, bias, mean=mean, var=var),
+                               jcnn.batch_norm(x, scale, bias), rtol=1e-12, atol=1e-12)
+    g = jnp.asarray(np.random.default_rng(2).standard_normal(x.shape))
+    dx = jax.vjp(lambda x: jcnn.batch_norm(x, scale, bias, mean=mean, var=var), x)[1](g)[0]
+    np.testing.assert_allclose(dx, g * (scale / jnp.sqrt(var + 1e-5)).reshape(1, 1, 1, 2),
+                               rtol=1e-12)
+
+
+def test_eval_mode_forward_saves_xhat_r_and_scale_only(capsys):
+    print_saved_residuals(bn_eval(jcnn, 1e-5), *eval_args((3, 4, 4, 2)))
+    saved = sorted(line.split(" ")[0] for line in capsys.readouterr().out.splitlines())
+    assert saved == ["f64[2]", "f64[2]", "f64[3,4,4,2]"], saved  # r, scale, xhat
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_eval_mode_low_precision_matches_float64(dtype):
+    in_f64 = jax.jit(lambda *a: bn_eval(reference, 1e-5)(*as_dtype(a, jnp.float64))
+                     .astype(dtype))
+    assert_matches_reference(bn_eval(jcnn, 1e-5), in_f64,
+                             as_dtype(eval_args((3, 4, 4, 2)), dtype), range(5), rtol=tol(dtype))
+
+
+def test_eval_mode_under_jit_vmap_and_vmap_of_grad():
+    """vmap over a leading axis of x and mean (each slice its own statistics), var shared."""
+    sets = [eval_args((4, 3), seed=s) for s in range(3)]
+    xs, means = jnp.stack([a[0] for a in sets]), jnp.stack([a[3] for a in sets])
+    _, scale, bias, _, var = sets[0]
+
+    def loss(x, scale, mean, var):
+        return jnp.sum(jnp.sin(jcnn.batch_norm(x, scale, bias, mean=mean, var=var)))
+
+    def loss_ref(x, scale, mean, var):
+        return jnp.sum(jnp.sin(reference.batch_norm(x, scale, bias, mean=mean, var=var)))
+    per = jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2, 3)), in_axes=(0, None, 0, None)))(
+        xs, scale, means, var)
+    for i in range(3):
+        want = jax.grad(loss_ref, argnums=(0, 1, 2, 3))(xs[i], scale, means[i], var)
+        for got, w in zip(per, want):
+            np.testing.assert_allclose(got[i], w, rtol=1e-11)
+
+
+def test_the_layer_evaluates_through_the_op(key):
+    """`jcnn.layers.batch_norm` in evaluation calls `ops.batch_norm(..., mean=, var=)` with
+    its running statistics, and its gradient w.r.t. params and state is the op's."""
+    from types import SimpleNamespace
+
+    from jcnn import layers
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append(sorted(kwargs))
+        return jcnn.batch_norm(*args, **kwargs)
+    layer = layers.batch_norm(eps=1e-3, ops=SimpleNamespace(batch_norm=recording))
+    x, scale, bias, mean, var = eval_args((2, 3, 3, 2))
+    params, state = {"scale": scale, "bias": bias}, {"mean": mean, "var": var}
+    y, new_state = layer.apply(params, state, x, train=False)
+    assert calls == [["eps", "mean", "var"]] and new_state is state
+    np.testing.assert_allclose(y, reference.batch_norm(x, scale, bias, eps=1e-3, mean=mean,
+                                                       var=var), rtol=1e-12)
+    got = jax.grad(lambda p, s: jnp.sum(jnp.sin(layer.apply(p, s, x, train=False)[0])),
+                   argnums=(0, 1))(params, state)
+    want = jax.grad(lambda s, b, m, v: jnp.sum(jnp.sin(bn_eval(reference, 1e-3)(x, s, b, m, v))),
+                    argnums=(0, 1, 2, 3))(scale, bias, mean, var)
+    for g, w in zip((got[0]["scale"], got[0]["bias"], got[1]["mean"], got[1]["var"]), want):
+        np.testing.assert_allclose(g, w, rtol=1e-11)

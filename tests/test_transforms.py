@@ -102,6 +102,10 @@ CASES = {
     "layer_norm": Case(lambda m: m.layer_norm, (("n", 2, 2, 4), (4,), (4,))),
     "group_norm": Case(lambda m: lambda x, s, b: m.group_norm(x, 2, s, b),
                        (("n", 2, 2, 4), (4,), (4,))),
+    # evaluation mode: mean and var arguments; var = v^2 + 0.5 keeps the variance positive
+    "batch_norm_eval": Case(lambda m: lambda x, s, b, mu, v: m.batch_norm(
+        x, s, b, mean=mu, var=v * v + 0.5), (("n", 2, 2, 4), (4,), (4,), (4,), (4,)),
+        kinked=_relu_kinks),
     "dropout": Case(_dropout, (("n", 3, 4),)),
     "log_softmax": Case(lambda m: m.log_softmax, (("n", 5),)),
     "softmax_cross_entropy": Case(lambda m: m.softmax_cross_entropy, (("n", 5), LABELS)),

@@ -25,12 +25,13 @@ def test_every_public_op_with_a_rule_is_in_the_grid():
     ops = {c.op for c in grid.CASES}
     assert ops >= {"conv2d", "conv_transpose2d", "dense", "relu", "sigmoid", "tanh", "leaky_relu",
                    "gelu", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "batch_norm",
-                   "dropout", "log_softmax", "softmax_cross_entropy", "flatten"}
+                   "dropout", "log_softmax", "softmax_cross_entropy", "flatten", "layer_norm",
+                   "group_norm"}
 
 
 @pytest.mark.parametrize("op", [  # conv2d's grid takes 20-27 s; tests/test_conv.py covers the op
     pytest.param("conv2d", marks=pytest.mark.slow), "max_pool2d", "batch_norm",
-    "softmax_cross_entropy"])
+    "softmax_cross_entropy", "group_norm"])
 def test_quick_grid_passes_per_op(op, capsys, tmp_path):
     out = tmp_path / "rows.json"
     assert verify.run(_args("--op", op, "--json", str(out))) == 0
@@ -39,6 +40,8 @@ def test_quick_grid_passes_per_op(op, capsys, tmp_path):
     rows = json.loads(out.read_text())
     assert rows and all(r["ok"] and r["op"] == op for r in rows)
     assert all(r["autodiff"] is not None and r["fd"] is not None for r in rows)
+    # every op here has loops: every row (however its op is called) is checked by them too
+    assert all(r["naive"] is not None for r in rows)
 
 
 @jax.custom_vjp
@@ -122,3 +125,22 @@ def test_import_jcnn_and_jcnn_verify_load_no_training_dependencies():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[]", "[]"]
+
+
+def test_cases_say_how_their_op_is_called_and_the_loops_follow():
+    """group_norm (an int between arrays), batch_norm's evaluation mode (mean and var as
+    keywords) and dropout (rate between arrays) are rows like any other: the case's call binds
+    the op, its reference twin and its loops alike, and group_norm's loops, which return None
+    for `groups`, line up with the float arguments."""
+    rows = {(c.op, c.config): c for c in grid.CASES}
+    assert {"1 group (layer norm of HWC)", "groups = C (instance norm)"} <= {
+        config for op, config in rows if op == "group_norm"}
+    evals = [c for c in grid.CASES if c.op == "batch_norm" and len(c.shapes) == 5]
+    assert evals and all(c.positive == (4,) for c in evals)
+    result = grid.run_case(evals[0], order=2)  # all five arguments, loops included
+    assert result.ok and result.naive is not None, result.detail
+    drop = next(c for c in grid.CASES if c.op == "dropout")
+    with jax.enable_x64(True):
+        x, key = grid._args(drop, jnp.float64, 0)
+        np.testing.assert_array_equal(grid._bound(jcnn, drop)(x, key),
+                                      jcnn.dropout(x, drop.kwargs["rate"], key))

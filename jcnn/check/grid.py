@@ -11,6 +11,7 @@ they pass as a kink, and autodiff and the loops decide, at first and (--order 2)
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -32,6 +33,30 @@ class Case(NamedTuple):
     full_only: bool = False  # only with --full
     extra: tuple = ()  # non-float trailing arguments, made by `_args`
     kinks: bool = False  # the float arguments rounded to a coarse grid (`kinked`)
+    # how the op is called: (op, kwargs) -> f(*float args, *extra); None: op(*args, **kwargs).
+    # The same call binds the op's `jcnn.naive` backward (with the output cotangent first).
+    call: Optional[Callable] = None
+    positive: tuple = ()  # indices of float arguments drawn in (0.5, 2.5) (variances)
+
+
+def _positional(name: str, at: int) -> Callable:
+    """A call passing kwargs[name] positionally, before the argument at index `at`: dropout's
+    rate and group_norm's groups sit between arrays."""
+    def call(op, kwargs):
+        rest = {k: v for k, v in kwargs.items() if k != name}
+        return lambda *a: op(*a[:at], kwargs[name], *a[at:], **rest)
+    return call
+
+
+def _keywords(*names: str) -> Callable:
+    """A call passing the last len(names) arguments as these keywords (batch_norm's mean and
+    var in evaluation mode)."""
+    def call(op, kwargs):
+        def f(*a):
+            k = len(a) - len(names)
+            return op(*a[:k], **dict(zip(names, a[k:])), **kwargs)
+        return f
+    return call
 
 
 def _conv(config, x, w, bias=True, full=False, **kw):
@@ -120,7 +145,21 @@ CASES = [
     Case("batch_norm", "(3, 4, 4, 2)", ((3, 4, 4, 2), (2,), (2,)), {}),
     Case("layer_norm", "(8, 5)", ((8, 5), (5,), (5,)), {}),
     Case("layer_norm", "(3, 4, 4, 2), eps 0.5", ((3, 4, 4, 2), (2,), (2,)), {"eps": 0.5}),
-    Case("dropout", "rate 0.3", ((4, 6),), {"rate": 0.3}, extra=("key",)),
+    Case("group_norm", "(2, 2, 2, 6), 3 groups", ((2, 2, 2, 6), (6,), (6,)), {"groups": 3},
+         call=_positional("groups", 1)),
+    Case("group_norm", "1 group (layer norm of HWC)", ((2, 2, 2, 4), (4,), (4,)),
+         {"groups": 1}, call=_positional("groups", 1)),
+    Case("group_norm", "groups = C (instance norm)", ((2, 2, 3, 4), (4,), (4,)),
+         {"groups": 4}, call=_positional("groups", 1)),
+    # one element per group: var = 0 whatever x, y = bias, dx = 0; eps keeps r finite
+    Case("group_norm", "1x1, groups = C: var 0", ((3, 1, 1, 4), (4,), (4,)),
+         {"groups": 4, "eps": 0.1}, call=_positional("groups", 1)),
+    Case("batch_norm", "eval (8, 5)", ((8, 5), (5,), (5,), (5,), (5,)), {},
+         call=_keywords("mean", "var"), positive=(4,)),
+    Case("batch_norm", "eval (2, 3, 3, 2), eps 0.1", ((2, 3, 3, 2),) + ((2,),) * 4,
+         {"eps": 0.1}, call=_keywords("mean", "var"), positive=(4,)),
+    Case("dropout", "rate 0.3", ((4, 6),), {"rate": 0.3}, extra=("key",),
+         call=_positional("rate", 1)),
     Case("log_softmax", "", ((4, 6),), {}),
     Case("softmax_cross_entropy", "(5, 4)", ((5, 4),), {}, extra=("labels",)),
     Case("softmax_cross_entropy", "(5, 4), label_smoothing 0.1", ((5, 4),),
@@ -143,7 +182,8 @@ class Result(NamedTuple):
 
 def _args(case: Case, dtype, seed: int) -> tuple:
     rng = np.random.default_rng(seed)
-    arrays = [jnp.asarray(rng.standard_normal(s), dtype) for s in case.shapes]
+    arrays = [jnp.asarray(rng.uniform(0.5, 2.5, s) if i in case.positive
+                          else rng.standard_normal(s), dtype) for i, s in enumerate(case.shapes)]
     if case.kinks:
         arrays = [kinked(a) for a in arrays]
     elif case.op == "max_pool2d":  # distinct values well apart: no ties for finite differences
@@ -159,9 +199,13 @@ def _args(case: Case, dtype, seed: int) -> tuple:
 
 
 def _bound(module, case: Case) -> Callable:
-    op = getattr(module, case.op)
-    if case.op == "dropout":
-        return lambda x, key: op(x, case.kwargs["rate"], key)
+    return _bind(getattr(module, case.op), case)
+
+
+def _bind(op: Callable, case: Case) -> Callable:
+    """op as a function of the case's float and extra arguments, called as `case.call` says."""
+    if case.call is not None:
+        return case.call(op, case.kwargs)
     return lambda *a: op(*a, **case.kwargs)
 
 
@@ -180,8 +224,11 @@ def _naive_error(case: Case, args: tuple, seed: int) -> Optional[float]:
     floats = args[:len(case.shapes)]
     y, pull = jax.vjp(lambda *f: _bound(jcnn, case)(*f, *args[len(floats):]), *floats)
     g = np.random.default_rng(seed + 1).standard_normal(np.shape(y))
-    want = backward(g, *(np.asarray(a, np.float64) for a in floats),
-                    *(np.asarray(a) for a in args[len(floats):]), **case.kwargs)
+    want = _bind(partial(backward, g), case)(*(np.asarray(a, np.float64) for a in floats),
+                                              *(np.asarray(a) for a in args[len(floats):]))
+    # the loops return None for a non-float argument (group_norm's groups, labels): dropped,
+    # the rest line up with the float arguments
+    want = [w for w in want if w is not None]
     got = pull(jnp.asarray(g, y.dtype))
     return max(_rel(a, b) for a, b in zip(got, want))
 

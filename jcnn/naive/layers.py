@@ -99,15 +99,47 @@ def _group_norm(x, groups, scale, bias, g, eps):
     return y.reshape(x.shape), (dx.reshape(x.shape), dscale, dbias)
 
 
-def batch_norm(x, scale, bias, *, eps=1e-5):
-    """(x - mean) / sqrt(var + eps) * scale + bias per channel, over every axis but the last."""
-    return _batch_norm(x, scale, bias, np.zeros(np.shape(x)), eps)[0]
+def _batch_norm_eval(x, scale, bias, mean, var, g, eps):
+    """Evaluation-mode batch norm with the given per-channel mean and var, and its backward:
+    y is affine in x, and mean and var get cotangents of their own. Returns
+    (y, (dx, dscale, dbias, dmean, dvar))."""
+    x = np.asarray(x, np.float64)
+    c = x.shape[-1]
+    xs, gs = x.reshape(-1, c), np.asarray(g, np.float64).reshape(-1, c)
+    y, dx = np.zeros_like(xs), np.zeros_like(xs)
+    dscale, dbias, dmean, dvar = np.zeros(c), np.zeros(c), np.zeros(c), np.zeros(c)
+    for ch in range(c):
+        r = 1 / math.sqrt(var[ch] + eps)                     # r = (var + eps)^(-1/2)
+        d_r_d_var = -0.5 * (var[ch] + eps) ** -1.5
+        for k in range(xs.shape[0]):
+            d = xs[k, ch] - mean[ch]
+            y[k, ch] = d * r * scale[ch] + bias[ch]
+            gy = gs[k, ch]
+            dx[k, ch] = gy * r * scale[ch]                   # dy/dx = r scale
+            dbias[ch] += gy                                  # dy/dbias = 1
+            dscale[ch] += gy * d * r                         # dy/dscale = xhat
+            dmean[ch] -= gy * r * scale[ch]                  # dy/dmean = -r scale
+            dvar[ch] += gy * d * scale[ch] * d_r_d_var       # dy/dvar = d scale dr/dvar
+    return y.reshape(x.shape), (dx.reshape(x.shape), dscale, dbias, dmean, dvar)
 
 
-def batch_norm_backward(g, x, scale, bias, *, eps=1e-5):
+def batch_norm(x, scale, bias, *, eps=1e-5, mean=None, var=None):
+    """(x - mean) / sqrt(var + eps) * scale + bias per channel, over every axis but the last;
+    the batch statistics, or the `mean` and `var` given (evaluation mode)."""
+    return _batch_norm_mode(np.zeros(np.shape(x)), x, scale, bias, eps, mean, var)[0]
+
+
+def batch_norm_backward(g, x, scale, bias, *, eps=1e-5, mean=None, var=None):
     """(dx, dscale, dbias) of batch_norm(x, scale, bias) for the output cotangent g, exact
-    through the batch mean and variance."""
-    return _batch_norm(x, scale, bias, g, eps)[1]
+    through the batch mean and variance; with `mean` and `var` given (evaluation mode),
+    (dx, dscale, dbias, dmean, dvar)."""
+    return _batch_norm_mode(g, x, scale, bias, eps, mean, var)[1]
+
+
+def _batch_norm_mode(g, x, scale, bias, eps, mean, var):
+    if mean is None:
+        return _batch_norm(x, scale, bias, g, eps)
+    return _batch_norm_eval(x, scale, bias, mean, var, g, eps)
 
 
 def _layer_norm(x, scale, bias, g, eps):
