@@ -14,8 +14,7 @@ import pytest
 
 import jcnn
 from jcnn import naive, padding, reference
-from gradcheck import (assert_matches_reference, assert_second_order_matches, cpu_text,
-                       pulled)
+from gradcheck import assert_matches_reference, cpu_text, pulled
 
 
 class Case(NamedTuple):
@@ -92,19 +91,17 @@ def build(c, rng, dtype=jnp.float64):
 
 
 @pytest.mark.parametrize("c", cases())
-def test_first_and_second_order_match_autodiff_of_the_reference(c, rng):
-    """The output, the cotangents, and the gradient of <y, C> + <vjp(G), U> jointly in every
-    argument (second order), each one jit-compiled program, against the twin's autodiff."""
+def test_matches_autodiff_of_the_reference(c, rng):
+    """The output and the cotangents, one jit-compiled program each, against the twin's."""
     f, ref, args = build(c, rng)
-    argnums = tuple(range(len(args)))
-    assert_matches_reference(f, ref, args, argnums)
-    assert_second_order_matches(f, ref, args, argnums)
+    assert_matches_reference(f, ref, args, tuple(range(len(args))))
 
 
-# check_vjp adds central finite differences in float64 and compares again with autodiff, first
-# and second order; it runs eagerly, so the default run takes a case per op and padding mode
-CHECK_VJP = {"1d-stride2-unreached-pad1", "3d-everything", "t1d-stride2-op1", "t3d-everything",
-             "2d-reflect", "1d-replicate", "3d-circular"}
+# check_vjp compares with autodiff and central finite differences in float64, first and second
+# order (the gradient of <y, C> + <vjp(G), U> jointly in every argument). The default run takes
+# one case per number of axes, transposed or not, and per padding mode (conv1d and
+# conv_transpose3d are also checked to second order against PyTorch below); --runslow all.
+CHECK_VJP = {"3d-everything", "t1d-stride2-op1", "2d-reflect", "1d-replicate", "3d-circular"}
 
 
 @pytest.mark.parametrize("c", [pytest.param(c, id=c.name, marks=() if c.name in CHECK_VJP else
@@ -126,8 +123,7 @@ def test_matches_naive_loops(c, rng):
         np.testing.assert_allclose(got, expect, rtol=1e-10, atol=1e-10, err_msg=name)
 
 
-JIT_VMAP = {"1d-stride2-unreached-pad1", "3d-everything", "t1d-stride2-op1", "t3d-everything",
-            "1d-reflect", "3d-circular"}
+JIT_VMAP = {"3d-everything", "t1d-stride2-op1", "1d-reflect"}
 
 
 @pytest.mark.parametrize("c", cases(JIT_VMAP))

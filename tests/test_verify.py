@@ -25,7 +25,8 @@ def test_every_public_op_with_a_rule_is_in_the_grid():
     ops = {c.op for c in grid.CASES}
     assert ops >= {"conv2d", "conv_transpose2d", "dense", "relu", "sigmoid", "tanh", "leaky_relu",
                    "gelu", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "batch_norm",
-                   "dropout", "log_softmax", "softmax_cross_entropy", "flatten"}
+                   "dropout", "log_softmax", "softmax_cross_entropy", "flatten", "conv1d",
+                   "conv3d", "conv_transpose1d", "conv_transpose3d"}
 
 
 @pytest.mark.parametrize("op", [  # conv2d's grid takes 20-27 s; tests/test_conv.py covers the op
