@@ -284,3 +284,26 @@ def test_conv2d_with_zeros_is_unchanged_by_the_nd_rules(rng):
     assert "convolution" in cpu_text(lambda w: jcnn.conv1d(x1, w, padding=1), w1)
     x3, w3 = rng.standard_normal((2, 3, 4, 4, 1)), rng.standard_normal((2, 3, 3, 1, 2))
     assert "convolution" in cpu_text(lambda w: jcnn.conv3d(x3, w, padding=1), w3)
+
+
+@pytest.mark.parametrize("name, input_shape, kw, w_shape, out_shape", [
+    ("conv1d", (2, 6, 3), dict(padding=1, padding_mode="reflect"), (3, 3, 4), (2, 6, 4)),
+    ("conv3d", (1, 4, 5, 4, 2), dict(stride=2, padding=1, padding_mode="circular"),
+     (3, 3, 3, 2, 4), (1, 2, 3, 2, 4)),
+])
+def test_conv1d_and_conv3d_layers_apply_their_op(name, input_shape, kw, w_shape, out_shape, rng):
+    """init draws the kernel (*kernel, C, O) and zero bias; apply is the op with the layer's
+    config (padding_mode passed through), the same through jcnn and jcnn.reference."""
+    from jcnn import layers
+    x = jnp.asarray(rng.standard_normal(input_shape), jnp.float32)
+    layer = getattr(layers, name)(4, 3, **kw)
+    params, state = layer.init(jax.random.key(0), input_shape)
+    assert params["w"].shape == w_shape and not np.any(params["b"])
+    y, _ = layer.apply(params, state, x, train=True)
+    assert y.shape == out_shape
+    np.testing.assert_allclose(y, getattr(jcnn, name)(x, params["w"], params["b"], **kw),
+                               rtol=1e-6)
+    twin = getattr(layers, name)(4, 3, ops=reference, **kw)
+    with jax.numpy_rank_promotion("allow"):
+        y_ref, _ = twin.apply(*twin.init(jax.random.key(0), input_shape), x, train=True)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
