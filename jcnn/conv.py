@@ -164,26 +164,28 @@ def conv_transpose2d(x: Array, w: Array, b: Optional[Array] = None, *,
                       groups, padding_mode)
 
 
-def conv_transpose1d(x: Array, w: Array, b: Optional[Array] = None, *, stride: int | tuple = 1,
-                     padding: int | tuple = 0, output_padding: int | tuple = 0,
-                     dilation: int | tuple = 1, groups: int = 1,
-                     padding_mode: str = "zeros") -> Array:
-    """`conv_transpose2d` over one spatial axis: x `(N, W, C)`, w `(k, O // groups, C)` (the
-    kernel of the conv1d from this op's output to x), b `(O,)`; output `(N, OW, O)`,
-    `OW = (W-1)*s - left - right + d*(k-1) + output_padding + 1`."""
-    return _transpose("conv_transpose1d", 1, x, w, b, stride, padding, output_padding, dilation,
-                      groups, padding_mode)
+def _transpose_op(op: str, axes: int, doc: str):
+    """The public conv_transpose over `axes` spatial axes: `_transpose` with the signature of
+    `conv_transpose2d`."""
+    def transpose(x: Array, w: Array, b: Optional[Array] = None, *, stride: int | tuple = 1,
+                  padding: int | tuple = 0, output_padding: int | tuple = 0,
+                  dilation: int | tuple = 1, groups: int = 1,
+                  padding_mode: str = "zeros") -> Array:
+        return _transpose(op, axes, x, w, b, stride, padding, output_padding, dilation, groups,
+                          padding_mode)
+    transpose.__name__ = transpose.__qualname__ = op
+    transpose.__doc__ = doc
+    return transpose
 
 
-def conv_transpose3d(x: Array, w: Array, b: Optional[Array] = None, *, stride: int | tuple = 1,
-                     padding: int | tuple = 0, output_padding: int | tuple = 0,
-                     dilation: int | tuple = 1, groups: int = 1,
-                     padding_mode: str = "zeros") -> Array:
-    """`conv_transpose2d` over three spatial axes: x `(N, D, H, W, C)`, w
-    `(kd, kh, kw, O // groups, C)` (the kernel of the conv3d from this op's output to x), b
-    `(O,)`; output `(N, OD, OH, OW, O)`, each axis as in `conv_transpose2d`."""
-    return _transpose("conv_transpose3d", 3, x, w, b, stride, padding, output_padding, dilation,
-                      groups, padding_mode)
+conv_transpose1d = _transpose_op("conv_transpose1d", 1, """`conv_transpose2d` over one spatial
+    axis: x `(N, W, C)`, w `(k, O // groups, C)` (the kernel of the conv1d from this op's output
+    to x), b `(O,)`; output `(N, OW, O)`, `OW = (W-1)*s - left - right + d*(k-1) +
+    output_padding + 1`.""")
+conv_transpose3d = _transpose_op("conv_transpose3d", 3, """`conv_transpose2d` over three spatial
+    axes: x `(N, D, H, W, C)`, w `(kd, kh, kw, O // groups, C)` (the kernel of the conv3d from
+    this op's output to x), b `(O,)`; output `(N, OD, OH, OW, O)`, each axis as in
+    `conv_transpose2d`.""")
 
 
 def _transpose(op, axes, x, w, b, stride, padding, output_padding, dilation, groups,

@@ -132,30 +132,25 @@ def conv2d_backward(g, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=
                           padding_mode)
 
 
-def conv1d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
-           padding_mode="zeros") -> np.ndarray:
-    """conv2d's sum over one spatial axis: x (N, W, C), w (k, C // groups, O)."""
-    return _conv("conv1d", 1, x, w, b, stride, padding, dilation, groups, padding_mode)
+def _convolution(op: str, axes: int, layouts: str):
+    """The loops' `op` and `op_backward` over `axes` spatial axes, as conv2d's."""
+    def forward(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
+                padding_mode="zeros") -> np.ndarray:
+        return _conv(op, axes, x, w, b, stride, padding, dilation, groups, padding_mode)
+
+    def backward(g, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
+                 padding_mode="zeros"):
+        return _conv_backward(op, axes, g, x, w, b, stride, padding, dilation, groups,
+                              padding_mode)
+    forward.__name__, backward.__name__ = op, op + "_backward"
+    forward.__doc__ = f"conv2d's sum over {axes} spatial axes: {layouts}."
+    backward.__doc__ = f"Cotangents `(dx, dw, db)` of {op}(x, w, b), as conv2d_backward's."
+    return forward, backward
 
 
-def conv1d_backward(g, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
-                    padding_mode="zeros"):
-    """Cotangents `(dx, dw, db)` of conv1d(x, w, b), as conv2d_backward's."""
-    return _conv_backward("conv1d", 1, g, x, w, b, stride, padding, dilation, groups,
-                          padding_mode)
-
-
-def conv3d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
-           padding_mode="zeros") -> np.ndarray:
-    """conv2d's sum over three spatial axes: x (N, D, H, W, C), w (kd, kh, kw, C // groups, O)."""
-    return _conv("conv3d", 3, x, w, b, stride, padding, dilation, groups, padding_mode)
-
-
-def conv3d_backward(g, x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1,
-                    padding_mode="zeros"):
-    """Cotangents `(dx, dw, db)` of conv3d(x, w, b), as conv2d_backward's."""
-    return _conv_backward("conv3d", 3, g, x, w, b, stride, padding, dilation, groups,
-                          padding_mode)
+conv1d, conv1d_backward = _convolution("conv1d", 1, "x (N, W, C), w (k, C // groups, O)")
+conv3d, conv3d_backward = _convolution("conv3d", 3, "x (N, D, H, W, C), w (kd, kh, kw, "
+                                       "C // groups, O)")
 
 
 def _transpose(op, axes, x, w, b, stride, padding, output_padding, dilation, groups):
@@ -196,30 +191,24 @@ def conv_transpose2d_backward(g, x, w, b=None, *, stride=1, padding=0, output_pa
                                output_padding, dilation, groups)
 
 
-def conv_transpose1d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
-                     groups=1) -> np.ndarray:
-    """conv_transpose2d's painting over one spatial axis: x (N, W, C), w (k, O // groups, C)."""
-    return _transpose("conv_transpose1d", 1, x, w, b, stride, padding, output_padding, dilation,
-                      groups)
+def _transposition(op: str, axes: int, layouts: str):
+    """The loops' `op` and `op_backward` over `axes` spatial axes, as conv_transpose2d's."""
+    def forward(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                groups=1) -> np.ndarray:
+        return _transpose(op, axes, x, w, b, stride, padding, output_padding, dilation, groups)
+
+    def backward(g, x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
+                 groups=1):
+        return _transpose_backward(op, axes, g, x, w, b, stride, padding, output_padding,
+                                   dilation, groups)
+    forward.__name__, backward.__name__ = op, op + "_backward"
+    forward.__doc__ = f"conv_transpose2d's painting over {axes} spatial axes: {layouts}."
+    backward.__doc__ = (f"Cotangents `(dx, dw, db)` of {op}(x, w, b), as "
+                        f"conv_transpose2d_backward's.")
+    return forward, backward
 
 
-def conv_transpose1d_backward(g, x, w, b=None, *, stride=1, padding=0, output_padding=0,
-                              dilation=1, groups=1):
-    """Cotangents `(dx, dw, db)` of conv_transpose1d, as conv_transpose2d_backward's."""
-    return _transpose_backward("conv_transpose1d", 1, g, x, w, b, stride, padding,
-                               output_padding, dilation, groups)
-
-
-def conv_transpose3d(x, w, b=None, *, stride=1, padding=0, output_padding=0, dilation=1,
-                     groups=1) -> np.ndarray:
-    """conv_transpose2d's painting over three spatial axes: x (N, D, H, W, C), w
-    (kd, kh, kw, O // groups, C)."""
-    return _transpose("conv_transpose3d", 3, x, w, b, stride, padding, output_padding, dilation,
-                      groups)
-
-
-def conv_transpose3d_backward(g, x, w, b=None, *, stride=1, padding=0, output_padding=0,
-                              dilation=1, groups=1):
-    """Cotangents `(dx, dw, db)` of conv_transpose3d, as conv_transpose2d_backward's."""
-    return _transpose_backward("conv_transpose3d", 3, g, x, w, b, stride, padding,
-                               output_padding, dilation, groups)
+conv_transpose1d, conv_transpose1d_backward = _transposition(
+    "conv_transpose1d", 1, "x (N, W, C), w (k, O // groups, C)")
+conv_transpose3d, conv_transpose3d_backward = _transposition(
+    "conv_transpose3d", 3, "x (N, D, H, W, C), w (kd, kh, kw, O // groups, C)")
