@@ -6,7 +6,8 @@ Layouts: activations NHWC, conv kernels HWIO, dense weights (in_features, out_fe
 from jcnn import layers, models, reference
 from jcnn.check import CheckFailed, check_model, check_vjp
 from jcnn.forward_mode import hessian, jacfwd, jvp, linearize
-from jcnn.ops import (avg_pool2d, batch_norm, conv2d, conv_transpose2d, dense, dropout, elu,
+from jcnn.ops import (avg_pool2d, batch_norm, conv1d, conv2d, conv3d, conv_transpose1d,
+                      conv_transpose2d, conv_transpose3d, dense, dropout, elu,
                       flatten, gelu, global_avg_pool2d, group_norm, layer_norm, leaky_relu,
                       log_softmax, max_pool2d, relu, sigmoid, silu, softmax_cross_entropy,
                       softplus, tanh)
@@ -19,6 +20,10 @@ __all__ = [
     "check_model",
     "conv2d",
     "conv_transpose2d",
+    "conv1d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose3d",
     "dense",
     "flatten",
     "relu",

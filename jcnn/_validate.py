@@ -30,18 +30,33 @@ def _representable(op: str, name: str, values) -> None:
 
 def pair(value, name: str, op: str, *, minimum: int = 1) -> IntPair:
     """`3` -> `(3, 3)`; `(2, 3)` stays; anything else, or an entry < `minimum`, raises."""
+    return per_axis(value, name, op, 2, minimum=minimum)
+
+
+_TUPLE = {1: "a 1-tuple", 2: "a pair", 3: "a triple"}
+
+
+def per_axis(value, name: str, op: str, axes: int, *, minimum: int = 1) -> tuple[int, ...]:
+    """One int per spatial axis: `3` -> `(3,) * axes`; a tuple of `axes` ints stays; anything
+    else, or an entry < `minimum`, raises."""
+    what = f"an int or {_TUPLE.get(axes, f'a tuple of {axes}')} of ints"
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(f"{op}: {name} must be {what}, got {value!r}")
     if isinstance(value, (int, np.integer)):
-        value = (int(value), int(value))
-    if (not isinstance(value, (tuple, list)) or len(value) != 2
+        value = (int(value),) * axes
+    if (not isinstance(value, (tuple, list)) or len(value) != axes
             or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                        for v in value)):
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {value!r}")
+        raise TypeError(f"{op}: {name} must be {what}, got {value!r}")
     if min(value) < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum} in each dimension, got {tuple(value)}")
     _representable(op, name, value)
-    return int(value[0]), int(value[1])
+    return tuple(int(v) for v in value)
+
+
+def axis_names(axes: int) -> str:
+    """The letters of the spatial axes, as the layouts name them: W, HW, DHW."""
+    return "DHW"[3 - axes:]
 
 
 def is_real(value) -> bool:
@@ -64,20 +79,22 @@ def out_size(size: int, window: int, stride: int, dilation: int, lo: int, hi: in
     return (size + lo + hi - dilation * (window - 1) - 1) // stride + 1
 
 
-def padding_pairs(padding: PaddingLike, op: str, *, in_hw: IntPair, window: IntPair,
-                  stride: IntPair, dilation: IntPair = (1, 1), strings: bool = True) -> Pads:
-    """Resolve `padding` to ((top, bottom), (left, right)).
+def padding_pairs(padding: PaddingLike, op: str, *, in_hw: tuple, window: tuple,
+                  stride: tuple, dilation: tuple = (1, 1), strings: bool = True) -> tuple:
+    """Resolve `padding` to one (lo, hi) pair per spatial axis, ((top, bottom), (left, right))
+    in 2-D; the number of axes is len(in_hw).
 
-    Accepts an int, a symmetric pair (ph, pw), a pair of pairs, and (when `strings`) "VALID"
-    or "SAME". "SAME" gives an output of ceil(in / stride), the odd extra pad at the
-    bottom/right, as XLA does.
+    Accepts an int, one symmetric int per axis ((ph, pw) in 2-D), a (lo, hi) pair per axis,
+    and (when `strings`) "VALID" or "SAME". "SAME" gives an output of ceil(in / stride), the
+    odd extra pad at the end (bottom/right), as XLA does.
     """
+    axes = len(in_hw)
     if isinstance(padding, str):
         if not strings:
             raise TypeError(f"{op}: padding takes ints and pairs here, got the string {padding!r}")
         mode = padding.upper()
         if mode == "VALID":
-            return (0, 0), (0, 0)
+            return ((0, 0),) * axes
         if mode != "SAME":
             raise ValueError(f"{op}: padding string must be 'VALID' or 'SAME', got {padding!r}")
         pads = []
@@ -85,12 +102,12 @@ def padding_pairs(padding: PaddingLike, op: str, *, in_hw: IntPair, window: IntP
             out = -(-size // s)
             total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
             pads.append((total // 2, total - total // 2))
-        return pads[0], pads[1]
+        return tuple(pads)
     if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
-        padding = (int(padding), int(padding))
-    if isinstance(padding, (tuple, list)) and len(padding) == 2:
+        padding = (int(padding),) * axes
+    if isinstance(padding, (tuple, list)) and len(padding) == axes:
         if all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in padding):
-            pads = ((int(padding[0]),) * 2, (int(padding[1]),) * 2)
+            pads = tuple((int(p),) * 2 for p in padding)
         elif all(isinstance(p, (tuple, list)) and len(p) == 2
                  and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in p)
                  for p in padding):
@@ -101,9 +118,35 @@ def padding_pairs(padding: PaddingLike, op: str, *, in_hw: IntPair, window: IntP
             if min(min(p) for p in pads) < 0:
                 raise ValueError(f"{op}: padding must be >= 0, got {pads}")
             _representable(op, "padding", [v for p in pads for v in p])
-            return pads[0], pads[1]
-    raise TypeError(f"{op}: padding must be an int, a pair (ph, pw), a pair of pairs "
-                    f"((top, bottom), (left, right)) or 'SAME'/'VALID', got {padding!r}")
+            return pads
+    if axes == 2:
+        forms = "a pair (ph, pw), a pair of pairs ((top, bottom), (left, right))"
+    else:
+        forms = (f"{_TUPLE.get(axes, f'a tuple of {axes}')} of ints (one per axis "
+                 f"{axis_names(axes)}), {_TUPLE.get(axes, f'a tuple of {axes}')} of (lo, hi) "
+                 f"pairs")
+    raise TypeError(f"{op}: padding must be an int, {forms} or 'SAME'/'VALID', got {padding!r}")
+
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def padding_mode_check(mode, op: str, in_sizes: tuple, pads: tuple) -> str:
+    """One of `PADDING_MODES`, with PyTorch's limits: a reflection repeats no edge, so each of
+    its pads must be smaller than the input on that axis; a circular pad wraps at most once."""
+    if not isinstance(mode, str):
+        raise TypeError(f"{op}: padding_mode must be a string, one of {PADDING_MODES}, "
+                        f"got {mode!r}")
+    if mode not in PADDING_MODES:
+        raise ValueError(f"{op}: padding_mode must be one of {PADDING_MODES}, got {mode!r}")
+    for axis, size, (lo, hi) in zip(axis_names(len(in_sizes)), in_sizes, pads):
+        if mode == "reflect" and max(lo, hi) >= size:
+            raise ValueError(f"{op}: padding_mode='reflect' needs each padding smaller than the "
+                             f"input, got padding {(lo, hi)} in {axis} of size {size}")
+        if mode == "circular" and max(lo, hi) > size:
+            raise ValueError(f"{op}: padding_mode='circular' needs each padding at most the "
+                             f"input's size, got padding {(lo, hi)} in {axis} of size {size}")
+    return mode
 
 
 def check_float(op: str, **arrays) -> None:
@@ -138,11 +181,12 @@ def check_rank(op: str, name: str, a, rank: int, layout: str) -> None:
                          f"got shape {tuple(np.shape(a))}")
 
 
-def check_window_fits(op: str, in_hw: IntPair, pads: Pads, window: IntPair,
-                      dilation: IntPair, what: str = "window") -> None:
+def check_window_fits(op: str, in_hw: tuple, pads: tuple, window: tuple,
+                      dilation: tuple, what: str = "window") -> None:
     """The (dilated) window fits in the padded input, so the output is not empty, and the
-    padded input and the window's span are sizes XLA represents."""
-    for axis, size, (lo, hi), k, d in zip("HW", in_hw, pads, window, dilation):
+    padded input and the window's span are sizes XLA represents (any number of axes)."""
+    for axis, size, (lo, hi), k, d in zip(axis_names(len(in_hw)), in_hw, pads, window,
+                                          dilation):
         if k < 1:
             raise ValueError(f"{op}: the {what} is empty in {axis} (size {k}); every axis "
                              f"needs at least one tap")
@@ -156,18 +200,19 @@ def check_window_fits(op: str, in_hw: IntPair, pads: Pads, window: IntPair,
 
 
 class ConvConfig(NamedTuple):
-    stride: IntPair
-    pads: Pads  # ((top, bottom), (left, right))
-    dilation: IntPair
+    """One entry per spatial axis (two in 2-D: (sh, sw), ((top, bottom), (left, right)), ...)."""
+    stride: tuple
+    pads: tuple  # a (lo, hi) pair per axis
+    dilation: tuple
     groups: int
 
 
 class ConvTransposeConfig(NamedTuple):
-    stride: IntPair
-    pads: Pads  # the padding of the conv2d this one is the adjoint of
-    dilation: IntPair
+    stride: tuple
+    pads: tuple  # the padding of the conv this one is the adjoint of
+    dilation: tuple
     groups: int
-    output_padding: IntPair
+    output_padding: tuple
 
 
 class PoolConfig(NamedTuple):
@@ -192,18 +237,21 @@ def _bias(op: str, b, channels: int) -> None:
                          f"got {tuple(np.shape(b))}")
 
 
-def _conv_operands(op: str, x, w, b, w_layout: str, groups) -> int:
-    """Ranks and dtypes of a conv's x (NHWC), w and b; returns `groups` checked."""
-    check_rank(op, "x", x, 4, "NHWC")
-    check_rank(op, "w", w, 4, w_layout)
+def _conv_operands(op: str, x, w, b, w_layout: str, groups, axes: int) -> int:
+    """Ranks and dtypes of a conv's x (N, *spatial, C), w and b; returns `groups` checked."""
+    check_rank(op, "x", x, axes + 2, f"N{axis_names(axes)}C")
+    check_rank(op, "w", w, axes + 2, w_layout)
     check_float(op, x=x, w=w, b=b)
     return _groups(op, groups)
 
 
 def conv2d_config(x, w, b, stride, padding: PaddingLike, dilation, groups,
-                  op: str = "conv2d") -> ConvConfig:
-    groups = _conv_operands(op, x, w, b, "HWIO", groups)
-    (_, h, wd, c), (kh, kw, ci, co) = np.shape(x), np.shape(w)
+                  op: str = "conv2d", axes: int = 2, padding_mode: str = "zeros") -> ConvConfig:
+    """The config of a convolution over `axes` spatial axes (conv1d, conv2d, conv3d), x
+    `(N, *spatial, C)`, w `(*kernel, C // groups, O)`; `padding_mode` checked against it."""
+    groups = _conv_operands(op, x, w, b, f"{axis_names(axes)}IO", groups, axes)
+    sizes, c, kernel, (ci, co) = np.shape(x)[1:-1], np.shape(x)[-1], np.shape(w)[:-2], \
+        np.shape(w)[-2:]
     if c % groups:
         raise ValueError(f"{op}: groups={groups} must divide x's {c} channels "
                          f"(x shape {np.shape(x)})")
@@ -212,38 +260,50 @@ def conv2d_config(x, w, b, stride, padding: PaddingLike, dilation, groups,
                          f"(w shape {np.shape(w)})")
     if ci * groups != c:
         raise ValueError(f"{op}: x has {c} channels but w expects {ci * groups} "
-                         f"(w.shape[2] * groups = {ci} * {groups}); "
+                         f"(w.shape[{axes}] * groups = {ci} * {groups}); "
                          f"x {np.shape(x)}, w {np.shape(w)}")
     _bias(op, b, co)
-    stride, dilation = pair(stride, "stride", op), pair(dilation, "dilation", op)
-    pads = padding_pairs(padding, op, in_hw=(h, wd), window=(kh, kw), stride=stride,
+    stride = per_axis(stride, "stride", op, axes)
+    dilation = per_axis(dilation, "dilation", op, axes)
+    pads = padding_pairs(padding, op, in_hw=sizes, window=kernel, stride=stride,
                          dilation=dilation)
-    check_window_fits(op, (h, wd), pads, (kh, kw), dilation, "kernel")
+    padding_mode_check(padding_mode, op, sizes, pads)
+    check_window_fits(op, sizes, pads, kernel, dilation, "kernel")
     return ConvConfig(stride, pads, dilation, groups)
 
 
 def conv_transpose2d_config(x, w, b, stride, padding, output_padding, dilation, groups,
-                            op: str = "conv_transpose2d") -> ConvTransposeConfig:
-    groups = _conv_operands(op, x, w, b, "HWIO of the forward conv2d: (kh, kw, out_channels // "
-                            "groups, in_channels)", groups)
-    (_, h, wd, c), (kh, kw, co_g, ci) = np.shape(x), np.shape(w)
+                            op: str = "conv_transpose2d", axes: int = 2,
+                            padding_mode: str = "zeros") -> ConvTransposeConfig:
+    """The config of a transposed convolution over `axes` spatial axes, w the kernel of the
+    forward conv, `(*kernel, out_channels // groups, in_channels)`. Its padding crops the
+    output, so only "zeros" is a `padding_mode` here (as in PyTorch's ConvTranspose)."""
+    if not isinstance(padding_mode, str) or padding_mode != "zeros":
+        raise ValueError(f"{op}: padding_mode must be 'zeros' (the padding of a transposed "
+                         f"convolution crops its output; nothing fills it), got {padding_mode!r}")
+    groups = _conv_operands(op, x, w, b, f"{axis_names(axes)}IO of the forward conv: "
+                            f"(*kernel, out_channels // groups, in_channels)", groups, axes)
+    sizes, c, kernel, (co_g, ci) = np.shape(x)[1:-1], np.shape(x)[-1], np.shape(w)[:-2], \
+        np.shape(w)[-2:]
     if ci != c:
-        raise ValueError(f"{op}: x has {c} channels but w.shape[3] is {ci}; w is the HWIO kernel "
-                         f"(kh, kw, out_channels // groups, in_channels); "
-                         f"x {np.shape(x)}, w {np.shape(w)}")
+        raise ValueError(f"{op}: x has {c} channels but w.shape[{axes + 1}] is {ci}; w is the "
+                         f"{axis_names(axes)}IO kernel (*kernel, out_channels // groups, "
+                         f"in_channels); x {np.shape(x)}, w {np.shape(w)}")
     if c % groups:
         raise ValueError(f"{op}: groups={groups} must divide x's {c} channels "
                          f"(x shape {np.shape(x)})")
     _bias(op, b, co_g * groups)
-    stride, dilation = pair(stride, "stride", op), pair(dilation, "dilation", op)
-    pads = padding_pairs(padding, op, in_hw=(h, wd), window=(kh, kw), stride=stride,
+    stride = per_axis(stride, "stride", op, axes)
+    dilation = per_axis(dilation, "dilation", op, axes)
+    pads = padding_pairs(padding, op, in_hw=sizes, window=kernel, stride=stride,
                          dilation=dilation, strings=False)
-    output_padding = pair(output_padding, "output_padding", op, minimum=0)
-    for axis, p, s, d in zip("HW", output_padding, stride, dilation):
+    output_padding = per_axis(output_padding, "output_padding", op, axes, minimum=0)
+    names = axis_names(axes)
+    for axis, p, s, d in zip(names, output_padding, stride, dilation):
         if p >= max(s, d):
             raise ValueError(f"{op}: output_padding must be smaller than the stride or the "
                              f"dilation, got {p} in {axis} with stride {s}, dilation {d}")
-    for axis, size, k, s, d, (lo, hi), p in zip("HW", (h, wd), (kh, kw), stride, dilation, pads,
+    for axis, size, k, s, d, (lo, hi), p in zip(names, sizes, kernel, stride, dilation, pads,
                                                output_padding):
         if (size - 1) * s - lo - hi + d * (k - 1) + p + 1 < 1:
             raise ValueError(f"{op}: the output would be empty in {axis}: "
@@ -253,10 +313,10 @@ def conv_transpose2d_config(x, w, b, stride, padding, output_padding, dilation, 
     return ConvTransposeConfig(stride, pads, dilation, groups, output_padding)
 
 
-def conv_transpose2d_out_hw(x_shape, w_shape, cfg: ConvTransposeConfig) -> IntPair:
-    """(H-1)*stride - top - bottom + dilation*(kh-1) + output_padding + 1, per axis."""
+def conv_transpose_out_sizes(x_shape, w_shape, cfg: ConvTransposeConfig) -> tuple:
+    """(H-1)*stride - top - bottom + dilation*(kh-1) + output_padding + 1, per spatial axis."""
     return tuple((size - 1) * s - lo - hi + d * (k - 1) + p + 1 for size, k, s, (lo, hi), d, p in
-                 zip(x_shape[1:3], w_shape[:2], cfg.stride, cfg.pads, cfg.dilation,
+                 zip(x_shape[1:-1], w_shape[:-2], cfg.stride, cfg.pads, cfg.dilation,
                      cfg.output_padding))
 
 

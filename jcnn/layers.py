@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jcnn import ops as hand_ops
-from jcnn._validate import pair, rate_check
+from jcnn._validate import per_axis, rate_check
 
 Params = dict
 State = dict
@@ -71,26 +71,52 @@ def _stateless(name: str, fn: Callable[[jax.Array], jax.Array]) -> Layer:
 
 
 def conv2d(out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, groups: int = 1,
-           bias: bool = True, ops: ModuleType = hand_ops) -> Layer:
+           bias: bool = True, padding_mode: str = "zeros", ops: ModuleType = hand_ops) -> Layer:
     """2-D convolution, NHWC in and out. params: `w` (kh, kw, C // groups, out_channels), HWIO,
-    He-normal; `b` (out_channels,), zeros. `stride`/`padding`/`dilation` as in `jcnn.conv2d`."""
-    kh, kw = pair(kernel_size, "kernel_size", "conv2d layer")
+    He-normal; `b` (out_channels,), zeros. `stride`/`padding`/`dilation`/`padding_mode` as in
+    `jcnn.conv2d`."""
+    return _conv("conv2d", 2, out_channels, kernel_size, bias, ops,
+                 dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      padding_mode=padding_mode))
+
+
+def conv1d(out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, groups: int = 1,
+           bias: bool = True, padding_mode: str = "zeros", ops: ModuleType = hand_ops) -> Layer:
+    """1-D convolution, NWC in and out. params: `w` (k, C // groups, out_channels), He-normal;
+    `b` (out_channels,), zeros. The other arguments as in `jcnn.conv1d`."""
+    return _conv("conv1d", 1, out_channels, kernel_size, bias, ops,
+                 dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      padding_mode=padding_mode))
+
+
+def conv3d(out_channels: int, kernel_size, *, stride=1, padding=0, dilation=1, groups: int = 1,
+           bias: bool = True, padding_mode: str = "zeros", ops: ModuleType = hand_ops) -> Layer:
+    """3-D convolution, NDHWC in and out. params: `w` (kd, kh, kw, C // groups, out_channels),
+    He-normal; `b` (out_channels,), zeros. The other arguments as in `jcnn.conv3d`."""
+    return _conv("conv3d", 3, out_channels, kernel_size, bias, ops,
+                 dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      padding_mode=padding_mode))
+
+
+def _conv(name: str, axes: int, out_channels: int, kernel_size, bias: bool, ops: ModuleType,
+          config: dict) -> Layer:
+    """The conv layer over `axes` spatial axes; `config` goes to `ops.<name>` as it is."""
+    kernel = per_axis(kernel_size, "kernel_size", f"{name} layer", axes)
+    groups = config["groups"]
 
     def init(key, input_shape):
         channels = input_shape[-1]
         if channels % groups:
-            raise ValueError(f"conv2d layer: groups={groups} does not divide the input's "
+            raise ValueError(f"{name} layer: groups={groups} does not divide the input's "
                              f"{channels} channels (input shape {tuple(input_shape)})")
-        params = {"w": _he_normal(key, (kh, kw, channels // groups, out_channels))}
+        params = {"w": _he_normal(key, (*kernel, channels // groups, out_channels))}
         if bias:
             params["b"] = jnp.zeros((out_channels,), jnp.float32)
         return params, {}
 
     def apply(params, state, x, *, train, key=None):
-        y = ops.conv2d(x, params["w"], params.get("b"), stride=stride, padding=padding,
-                       dilation=dilation, groups=groups)
-        return y, state
-    return Layer(init, apply, "conv2d")
+        return getattr(ops, name)(x, params["w"], params.get("b"), **config), state
+    return Layer(init, apply, name)
 
 
 def dense(out_features: int, *, bias: bool = True, ops: ModuleType = hand_ops) -> Layer:

@@ -17,7 +17,6 @@ from jcnn import _validate as v
 from jcnn._validate import PaddingLike
 
 Array = jax.Array
-_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _per_channel(v: Array, ndim: int) -> Array:
@@ -30,26 +29,78 @@ def _plus_bias(y: Array, b: Optional[Array]) -> Array:
 
 
 def conv2d(x: Array, w: Array, b: Optional[Array] = None, *, stride=1, padding: PaddingLike = 0,
-           dilation=1, groups: int = 1) -> Array:
-    cfg = v.conv2d_config(x, w, b, stride, padding, dilation, groups)
-    y = lax.conv_general_dilated(x, w, cfg.stride, cfg.pads, rhs_dilation=cfg.dilation,
-                                 dimension_numbers=_NHWC, feature_group_count=cfg.groups)
+           dilation=1, groups: int = 1, padding_mode: str = "zeros") -> Array:
+    return _convolve("conv2d", 2, x, w, b, stride, padding, dilation, groups, padding_mode)
+
+
+def conv1d(x: Array, w: Array, b: Optional[Array] = None, *, stride=1, padding: PaddingLike = 0,
+           dilation=1, groups: int = 1, padding_mode: str = "zeros") -> Array:
+    return _convolve("conv1d", 1, x, w, b, stride, padding, dilation, groups, padding_mode)
+
+
+def conv3d(x: Array, w: Array, b: Optional[Array] = None, *, stride=1, padding: PaddingLike = 0,
+           dilation=1, groups: int = 1, padding_mode: str = "zeros") -> Array:
+    return _convolve("conv3d", 3, x, w, b, stride, padding, dilation, groups, padding_mode)
+
+
+# PyTorch's padding modes as jnp.pad's: its "reflect" mirrors about the edge row without
+# repeating it, as PyTorch's does; "edge" repeats the edge row; "wrap" is periodic.
+_JNP_PAD_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _convolve(op, axes, x, w, b, stride, padding, dilation, groups, padding_mode) -> Array:
+    cfg = v.conv2d_config(x, w, b, stride, padding, dilation, groups, op, axes, padding_mode)
+    pads = cfg.pads
+    if padding_mode != "zeros":
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode=_JNP_PAD_MODES[padding_mode])
+        pads = ((0, 0),) * axes
+    spatial = v.axis_names(axes)
+    y = lax.conv_general_dilated(x, w, cfg.stride, pads, rhs_dilation=cfg.dilation,
+                                 dimension_numbers=(f"N{spatial}C", f"{spatial}IO",
+                                                    f"N{spatial}C"),
+                                 feature_group_count=cfg.groups)
     return _plus_bias(y, b)
 
 
 def conv_transpose2d(x: Array, w: Array, b: Optional[Array] = None, *, stride=1, padding=0,
-                     output_padding=0, dilation=1, groups: int = 1) -> Array:
+                     output_padding=0, dilation=1, groups: int = 1,
+                     padding_mode: str = "zeros") -> Array:
     """The adjoint of conv2d w.r.t. its input: the forward stride becomes an input dilation,
     the kernel is flipped and its group axis moved from the output to the input channels."""
-    cfg = v.conv_transpose2d_config(x, w, b, stride, padding, output_padding, dilation, groups)
-    kh, kw, co_g, ci = w.shape
+    return _transpose("conv_transpose2d", 2, x, w, b, stride, padding, output_padding, dilation,
+                      groups, padding_mode)
+
+
+def conv_transpose1d(x: Array, w: Array, b: Optional[Array] = None, *, stride=1, padding=0,
+                     output_padding=0, dilation=1, groups: int = 1,
+                     padding_mode: str = "zeros") -> Array:
+    return _transpose("conv_transpose1d", 1, x, w, b, stride, padding, output_padding, dilation,
+                      groups, padding_mode)
+
+
+def conv_transpose3d(x: Array, w: Array, b: Optional[Array] = None, *, stride=1, padding=0,
+                     output_padding=0, dilation=1, groups: int = 1,
+                     padding_mode: str = "zeros") -> Array:
+    return _transpose("conv_transpose3d", 3, x, w, b, stride, padding, output_padding, dilation,
+                      groups, padding_mode)
+
+
+def _transpose(op, axes, x, w, b, stride, padding, output_padding, dilation, groups,
+               padding_mode) -> Array:
+    cfg = v.conv_transpose2d_config(x, w, b, stride, padding, output_padding, dilation, groups,
+                                    op, axes, padding_mode)
+    *kernel, co_g, ci = w.shape
     g = cfg.groups
-    wt = w[::-1, ::-1].reshape(kh, kw, co_g, g, ci // g)
-    wt = wt.transpose(0, 1, 4, 3, 2).reshape(kh, kw, ci // g, g * co_g)
+    wt = jnp.flip(w, tuple(range(axes))).reshape(*kernel, co_g, g, ci // g)
+    wt = jnp.moveaxis(wt, (axes + 2, axes + 1, axes), (axes, axes + 1, axes + 2))
+    wt = wt.reshape(*kernel, ci // g, g * co_g)
     pads = [(d * (k - 1) - lo, d * (k - 1) - hi + p) for k, d, (lo, hi), p in
-            zip((kh, kw), cfg.dilation, cfg.pads, cfg.output_padding)]
-    y = lax.conv_general_dilated(x, wt, (1, 1), pads, lhs_dilation=cfg.stride,
-                                 rhs_dilation=cfg.dilation, dimension_numbers=_NHWC,
+            zip(kernel, cfg.dilation, cfg.pads, cfg.output_padding)]
+    spatial = v.axis_names(axes)
+    y = lax.conv_general_dilated(x, wt, (1,) * axes, pads, lhs_dilation=cfg.stride,
+                                 rhs_dilation=cfg.dilation,
+                                 dimension_numbers=(f"N{spatial}C", f"{spatial}IO",
+                                                    f"N{spatial}C"),
                                  feature_group_count=g)
     return _plus_bias(y, b)
 

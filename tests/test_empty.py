@@ -22,6 +22,13 @@ LABELS = jnp.zeros((0,), jnp.int32)
 CASES = [
     ("conv2d-bias", "conv2d", ((0, 6, 6, 3), (3, 3, 3, 4), (4,)), dict(padding=1), (0, 1, 2)),
     ("conv_transpose2d", "conv_transpose2d", ((0, 3, 3, 4), (3, 3, 2, 4)), dict(stride=2), (0, 1)),
+    ("conv1d-reflect", "conv1d", ((0, 6, 3), (3, 3, 4), (4,)),
+     dict(padding=2, padding_mode="reflect"), (0, 1, 2)),
+    ("conv3d-replicate", "conv3d", ((0, 3, 4, 3, 2), (2, 2, 2, 2, 3)),
+     dict(padding=1, padding_mode="replicate"), (0, 1)),
+    ("conv_transpose1d", "conv_transpose1d", ((0, 3, 4), (3, 2, 4)), dict(stride=2), (0, 1)),
+    ("conv_transpose3d", "conv_transpose3d", ((0, 2, 3, 2, 4), (2, 2, 2, 2, 4)), dict(stride=2),
+     (0, 1)),
     ("dense-bias", "dense", ((0, 5), (5, 3), (3,)), {}, (0, 1, 2)),
     ("flatten", "flatten", ((0, 2, 3, 4),), {}, (0,)),
     ("relu", "relu", ((0, 4, 4, 2),), {}, (0,)),

@@ -13,6 +13,8 @@ f32 = jnp.float32
 X = jnp.zeros((2, 6, 6, 4), f32)
 W = jnp.zeros((3, 3, 4, 8), f32)
 WT = jnp.zeros((3, 3, 2, 4), f32)  # conv_transpose2d: (kh, kw, out // groups, in)
+X1, W1 = jnp.zeros((2, 6, 4), f32), jnp.zeros((3, 4, 8), f32)  # conv1d: NWC, WIO
+X3, W3 = jnp.zeros((1, 4, 4, 4, 2), f32), jnp.zeros((2, 2, 2, 2, 3), f32)  # conv3d
 KEY = jax.random.key(0)
 
 # (id, op name, args, kwargs, exception, words the message must contain)
@@ -185,6 +187,35 @@ CASES = [
      ["mean", "floating"]),
     ("bn-eval-mean-list", "batch_norm", (X, jnp.ones((4,), f32), jnp.zeros((4,), f32)),
      {"mean": [0.0] * 4, "var": jnp.ones((4,), f32)}, TypeError, ["mean", "list"]),
+    # conv1d / conv3d / conv_transpose1d / conv_transpose3d and the padding modes
+    ("conv1d-x-rank4", "conv1d", (X, W1), {}, ValueError, ["x", "rank 3", "NWC"]),
+    ("conv3d-w-rank4", "conv3d", (X3, W), {}, ValueError, ["w", "rank 5", "DHWIO"]),
+    ("conv3d-channels", "conv3d", (X3, jnp.zeros((2, 2, 2, 3, 3), f32)), {}, ValueError,
+     ["x has 2 channels", "w expects 3"]),
+    ("conv1d-stride-pair", "conv1d", (X1, W1), {"stride": (1, 1)}, TypeError,
+     ["stride", "1-tuple"]),
+    ("conv3d-padding-pair", "conv3d", (X3, W3), {"padding": (1, 1)}, TypeError,
+     ["padding", "triple"]),
+    ("conv1d-kernel-too-big", "conv1d", (X1, jnp.zeros((9, 4, 8), f32)), {}, ValueError,
+     ["kernel", "in W"]),
+    ("conv1d-padding-mode-unknown", "conv1d", (X1, W1), {"padding": 1, "padding_mode": "mirror"},
+     ValueError, ["padding_mode", "'mirror'", "reflect"]),
+    ("conv2d-padding-mode-none", "conv2d", (X, W), {"padding_mode": None}, TypeError,
+     ["padding_mode", "None"]),
+    ("conv1d-reflect-too-wide", "conv1d", (X1, W1), {"padding": 6, "padding_mode": "reflect"},
+     ValueError, ["padding_mode='reflect'", "smaller", "W of size 6"]),
+    ("conv2d-reflect-too-wide", "conv2d", (X, W), {"padding": ((0, 6), (0, 0)),
+                                                    "padding_mode": "reflect"}, ValueError,
+     ["padding_mode='reflect'", "H of size 6"]),
+    ("conv3d-circular-too-wide", "conv3d", (X3, W3), {"padding": ((0, 0), (0, 0), (0, 5)),
+                                                       "padding_mode": "circular"}, ValueError,
+     ["padding_mode='circular'", "W of size 4"]),
+    ("convT1d-padding-mode", "conv_transpose1d", (X1, jnp.zeros((3, 2, 4), f32)),
+     {"padding_mode": "reflect"}, ValueError, ["padding_mode", "'zeros'"]),
+    ("convT3d-output-padding", "conv_transpose3d", (X3, jnp.zeros((2, 2, 2, 1, 2), f32)),
+     {"stride": 2, "output_padding": (0, 0, 2)}, ValueError, ["output_padding", "in W"]),
+    ("convT1d-padding-string", "conv_transpose1d", (X1, jnp.zeros((3, 2, 4), f32)),
+     {"padding": "SAME"}, TypeError, ["padding", "SAME"]),
 ]
 
 
@@ -220,5 +251,8 @@ def test_valid_calls_in_the_table_shapes_pass():
     for module in (jcnn, reference):
         assert module.conv2d(X, W).shape == (2, 4, 4, 8)
         assert module.conv_transpose2d(X, WT).shape == (2, 8, 8, 2)
+        assert module.conv1d(X1, W1, padding=5, padding_mode="reflect").shape == (2, 14, 8)
+        assert module.conv3d(X3, W3, padding=4, padding_mode="circular").shape == (1, 11, 11, 11,
+                                                                                   3)
         assert module.max_pool2d(X, 2).shape == (2, 3, 3, 4)
         assert module.batch_norm(X, jnp.ones((4,), f32), jnp.zeros((4,), f32)).shape == X.shape

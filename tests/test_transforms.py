@@ -72,6 +72,19 @@ CASES = {
     "conv_transpose2d": Case(lambda m: lambda x, w: m.conv_transpose2d(
         x, w, stride=2, padding=1, output_padding=1), (("n", 3, 3, 3), (3, 3, 4, 3)),
         sharded=((), (None, None, "d", None))),
+    "conv1d_reflect": Case(lambda m: lambda x, w, b: m.conv1d(x, w, b, padding=2,
+                                                              padding_mode="reflect"),
+                           (("n", 4, 2), (3, 2, 4), (4,)), sharded=((), (None, None, "d"), ("d",))),
+    "conv3d_circular": Case(lambda m: lambda x, w: m.conv3d(x, w, stride=(1, 2, 1), padding=1,
+                                                            padding_mode="circular"),
+                            (("n", 2, 3, 3, 2), (2, 2, 2, 2, 4)),
+                            sharded=((), (None, None, None, None, "d"))),
+    "conv_transpose1d": Case(lambda m: lambda x, w: m.conv_transpose1d(
+        x, w, stride=2, padding=1, output_padding=1), (("n", 3, 3), (3, 4, 3)),
+        sharded=((), (None, "d", None))),
+    "conv_transpose3d": Case(lambda m: lambda x, w: m.conv_transpose3d(
+        x, w, stride=(2, 1, 1), padding=(1, 0, 1)), (("n", 2, 2, 3, 2), (3, 2, 2, 4, 2)),
+        sharded=((), (None, None, None, "d", None))),
     "dense": Case(lambda m: m.dense, (("n", 3), (3, 4), (4,)),
                   sharded=((), (None, "d"), ("d",))),
     "flatten": Case(lambda m: m.flatten, (("n", 2, 2, 2),)),

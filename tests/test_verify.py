@@ -26,7 +26,8 @@ def test_every_public_op_with_a_rule_is_in_the_grid():
     assert ops >= {"conv2d", "conv_transpose2d", "dense", "relu", "sigmoid", "tanh", "leaky_relu",
                    "gelu", "max_pool2d", "avg_pool2d", "global_avg_pool2d", "batch_norm",
                    "dropout", "log_softmax", "softmax_cross_entropy", "flatten", "layer_norm",
-                   "group_norm"}
+                   "group_norm", "conv1d", "conv3d", "conv_transpose1d", "conv_transpose3d",
+                   "adaptive_avg_pool2d", "upsample2d", "silu", "elu", "softplus"}
 
 
 @pytest.mark.parametrize("op", [  # conv2d's grid takes 20-27 s; tests/test_conv.py covers the op

@@ -59,14 +59,14 @@ def _keywords(*names: str) -> Callable:
     return call
 
 
-def _conv(config, x, w, bias=True, full=False, **kw):
-    shapes = (x, w, (w[3],)) if bias else (x, w)
-    return Case("conv2d", config, shapes, kw, full)
+def _conv(config, x, w, bias=True, full=False, op="conv2d", **kw):
+    shapes = (x, w, (w[-1],)) if bias else (x, w)
+    return Case(op, config, shapes, kw, full)
 
 
-def _convt(config, x, w, bias=True, full=False, **kw):
-    shapes = (x, w, (w[2] * kw.get("groups", 1),)) if bias else (x, w)
-    return Case("conv_transpose2d", config, shapes, kw, full)
+def _convt(config, x, w, bias=True, full=False, op="conv_transpose2d", **kw):
+    shapes = (x, w, (w[-2] * kw.get("groups", 1),)) if bias else (x, w)
+    return Case(op, config, shapes, kw, full)
 
 
 # Kernel 2 with stride 2 and no padding is avoided for the autodiff comparison: jaxlib 0.10.2's
@@ -94,6 +94,35 @@ CASES = [
     _convt("s3 asym pads", (2, 3, 3, 2), (3, 3, 2, 2), bias=False, stride=3,
            padding=((1, 0), (0, 2)), output_padding=(2, 1)),
     _convt("1x1 s1", (2, 3, 3, 4), (1, 1, 3, 4), full=True),
+    _conv("s2 p1, unreached", (2, 8, 3), (3, 3, 4), op="conv1d", stride=2, padding=1),
+    _conv("SAME dil 2, groups 2", (1, 7, 4), (2, 2, 4), op="conv1d", padding="SAME", dilation=2,
+          groups=2, full=True),
+    _conv("s(2,1,1) p1 groups 2", (1, 4, 4, 3, 4), (2, 3, 2, 2, 4), op="conv3d", stride=(2, 1, 1),
+          padding=1, groups=2),
+    _convt("s2 p1 op1", (2, 4, 3), (3, 2, 3), op="conv_transpose1d", stride=2, padding=1,
+           output_padding=1),
+    _convt("s(2,1,3) groups 2", (1, 3, 2, 3, 4), (3, 2, 2, 1, 4), op="conv_transpose3d",
+           stride=(2, 1, 3), padding=(1, 0, 1), output_padding=(1, 0, 2), groups=2),
+    _conv("reflect, asym pads", (2, 4, 5, 2), (3, 3, 2, 3), padding=((3, 1), (2, 4)),
+          padding_mode="reflect"),
+    _conv("replicate s2", (1, 4, 3, 2), (2, 3, 2, 2), padding=(2, 1), stride=2,
+          padding_mode="replicate"),
+    _conv("circular, pad = size", (1, 3, 4, 4), (3, 2, 2, 4), padding=((3, 0), (1, 4)), groups=2,
+          padding_mode="circular"),
+    _conv("reflect SAME", (1, 5, 4, 2), (4, 3, 2, 2), padding="SAME", padding_mode="reflect",
+          full=True),
+    _conv("reflect dil 2", (2, 5, 2), (3, 2, 3), op="conv1d", padding=4, dilation=2,
+          padding_mode="reflect", full=True),
+    _conv("replicate asym", (2, 4, 2), (3, 2, 3), op="conv1d", padding=((3, 1),),
+          padding_mode="replicate", full=True),
+    _conv("circular s2", (1, 4, 2), (3, 2, 2), op="conv1d", padding=4, stride=2,
+          padding_mode="circular"),
+    _conv("reflect", (1, 3, 4, 3, 2), (2, 2, 3, 2, 2), op="conv3d", padding=(2, 1, 2),
+          padding_mode="reflect"),
+    _conv("circular s(1,2,1)", (1, 3, 2, 4, 2), (2, 2, 3, 2, 3), op="conv3d", padding=(3, 2, 1),
+          stride=(1, 2, 1), padding_mode="circular", full=True),
+    _conv("replicate asym", (1, 2, 3, 4, 2), (3, 2, 2, 2, 2), op="conv3d",
+          padding=((2, 1), (0, 3), (1, 0)), padding_mode="replicate", full=True),
     Case("max_pool2d", "2x2 s2", ((2, 6, 6, 3),), {"window": 2}),
     Case("max_pool2d", "3x3 s2 p1, overlapping", ((2, 7, 7, 2),),
          {"window": 3, "stride": 2, "padding": 1}),

@@ -3,9 +3,11 @@ the input gradient, `_conv2d_dw` the filter gradient).
 
 Each chooser (`forward`, `input_gradient`, `filter_gradient`) returns the form that applies to
 the given shapes, or None where the plain rule stays; `jcnn.forms.by_platform` uses it where the
-computation is lowered for CPU. The forms split or pad the batch, so they take a static batch
-only (under a symbolic one the plain rule runs). `benchmarks/conv_forms.py`, `dw_forms.py`
-and `cpu_forms.py` measure each against the plain rule.
+computation is lowered for CPU. The forms are 2-D: for conv1d and conv3d (the same maps over
+one or three spatial axes) every chooser returns None. The forms split or pad the batch, so
+they take a static batch only (under a symbolic one the plain rule runs).
+`benchmarks/conv_forms.py`, `dw_forms.py` and `cpu_forms.py` measure each against the plain
+rule.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 
 def forward(cfg, x: Array, w: Array, plain: Callable) -> Optional[Callable]:
     """The CPU form of y = conv2d(x, w) (HWIO w) for these shapes, or None."""
-    if not static_batch(x):
+    if not _two_d_static(x):
         return None
     if _taps_pay(x, w):
         return partial(_tap_sum, cfg)
@@ -40,8 +42,10 @@ def forward(cfg, x: Array, w: Array, plain: Callable) -> Optional[Callable]:
 def input_gradient(cfg, g: Array, hwoi: Array, pads) -> Optional[Callable]:
     """The CPU form of dx, the correlation of the cotangent g with the flipped kernel `hwoi`
     (HWOI: its O axis is dx's channels) padded by `pads`, or None."""
+    if not _two_d_static(g):
+        return None
     kh, kw, c, o = hwoi.shape
-    if static_batch(g) and _rows_pay(cfg, g, (kh, kw, o, c)):
+    if _rows_pay(cfg, g, (kh, kw, o, c)):
         return lambda g, hwoi: _by_kernel_rows(g, jnp.swapaxes(hwoi, 2, 3), pads)
     return None
 
@@ -49,13 +53,18 @@ def input_gradient(cfg, g: Array, hwoi: Array, pads) -> Optional[Callable]:
 def filter_gradient(cfg, x: Array, g: Array, kernel_hw, plain: Callable) -> Optional[Callable]:
     """The CPU form of dw from x and the cotangent g, or None. `plain(x, g, acc)` is the plain
     rule with its products summed in `acc`."""
-    if not static_batch(x):
+    if not _two_d_static(x):
         return None
     if kernel_hw == (1, 1) and cfg.groups == 1:
         return partial(_one_by_one_dw, cfg)
     if x.shape[0] > DW_CHUNK:
         return partial(_chunked_dw, plain)
     return None
+
+
+def _two_d_static(x: Array) -> bool:
+    """NHWC (the forms are written for two spatial axes) with a static batch (they split it)."""
+    return x.ndim == 4 and static_batch(x)
 
 
 def _taps_pay(x: Array, w: Array) -> bool:

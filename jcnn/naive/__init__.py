@@ -5,7 +5,10 @@ Every op has one shape: `op(*inputs, **config)` computes the forward with the jc
 signature, and `op_backward(g, *inputs, **config)`, the output cotangent `g` first, returns a
 tuple of cotangents, one per input in order (None for an absent bias and for integer labels),
 in float64."""
-from jcnn.naive.conv import conv2d, conv2d_backward, conv_transpose2d, conv_transpose2d_backward
+from jcnn.naive.conv import (conv1d, conv1d_backward, conv2d, conv2d_backward, conv3d,
+                             conv3d_backward, conv_transpose1d, conv_transpose1d_backward,
+                             conv_transpose2d, conv_transpose2d_backward, conv_transpose3d,
+                             conv_transpose3d_backward)
 from jcnn.naive.layers import (batch_norm, batch_norm_backward, dense, dense_backward, group_norm,
                                group_norm_backward, layer_norm, layer_norm_backward,
                                softmax_cross_entropy, softmax_cross_entropy_backward)
@@ -14,6 +17,8 @@ from jcnn.naive.pool import adaptive_avg_pool2d, adaptive_avg_pool2d_backward
 from jcnn.naive.upsample import upsample2d, upsample2d_backward
 
 __all__ = ["conv2d", "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward",
+           "conv1d", "conv1d_backward", "conv3d", "conv3d_backward", "conv_transpose1d",
+           "conv_transpose1d_backward", "conv_transpose3d", "conv_transpose3d_backward",
            "dense", "dense_backward", "batch_norm", "batch_norm_backward", "layer_norm",
            "layer_norm_backward", "group_norm", "group_norm_backward",
            "softmax_cross_entropy", "softmax_cross_entropy_backward", "max_pool2d",
