@@ -26,7 +26,7 @@ import optax
 import jcnn
 from jcnn import reference
 from jcnn.bench.models import DTYPES, LR, MODELS, MOMENTUM, NUM_CLASSES, ModelSpec
-from jcnn.train.step import init_train_state, make_train_step
+from jcnn.train.step import TrainState, init_train_state, make_train_step
 
 
 # ---- timing ---------------------------------------------------------------------------------
@@ -151,20 +151,34 @@ def _batch(spec: ModelSpec, batch: int, seed: int = 0) -> tuple[np.ndarray, np.n
     return images, rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
 
 
-def jax_step_runner(spec: ModelSpec, ops: ModuleType, images: np.ndarray, labels: np.ndarray,
-                    compute_dtype) -> tuple[Callable[[], object], dict]:
-    """A runner for one jitted, donated training step with `ops`, and its memory figures."""
+def compile_step(spec: ModelSpec, ops: ModuleType, images: np.ndarray, labels: np.ndarray,
+                 compute_dtype) -> tuple[object, TrainState, jax.Array, jax.Array]:
+    """The jitted, donated training step with `ops` compiled for this batch, with a fresh
+    train state (from key 0) and the batch on the device: `compiled(ts, x, y)`."""
     model, optimizer = spec.build(ops), optax.sgd(LR, momentum=MOMENTUM)
     ts = init_train_state(model, optimizer, jax.random.key(0), images.shape)
     x, y = jnp.asarray(images), jnp.asarray(labels)
     compiled = make_train_step(model, optimizer, ops=ops, compute_dtype=compute_dtype) \
         .lower(ts, x, y).compile()
+    return compiled, ts, x, y
+
+
+def step_runner(compiled, ts: TrainState, x: jax.Array, y: jax.Array) -> Callable[[], object]:
+    """A runner for `compiled` (from `compile_step`): each call takes one step from the state
+    the last call left (the first from `ts`) and returns the new state and the loss."""
     state = [ts]
 
     def run():
         state[0], loss = compiled(state[0], x, y)
         return jax.block_until_ready((state[0], loss))
-    return run, _memory(compiled)
+    return run
+
+
+def jax_step_runner(spec: ModelSpec, ops: ModuleType, images: np.ndarray, labels: np.ndarray,
+                    compute_dtype) -> tuple[Callable[[], object], dict]:
+    """A runner for one jitted, donated training step with `ops`, and its memory figures."""
+    compiled, ts, x, y = compile_step(spec, ops, images, labels, compute_dtype)
+    return step_runner(compiled, ts, x, y), _memory(compiled)
 
 
 def bench_step(name: str, batch: int, dtype: str, *, repeats: int, rounds: int,
