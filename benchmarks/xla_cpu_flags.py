@@ -116,7 +116,7 @@ def library_calls(hlo: str) -> dict[str, int]:
     current = None
     for line in hlo.splitlines():
         if not line.startswith((" ", "\t")) and line.rstrip().endswith("{"):
-            current = line.split()[1] if line.startswith("ENTRY") else line.split()[0]
+            current = line.split()[0]  # "ENTRY" for the entry: no op calls it
             computations[current] = []
         elif current is not None and (match := _INSTRUCTION.match(line)):
             computations[current].append((match.group(1), line))
