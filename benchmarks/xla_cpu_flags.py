@@ -210,6 +210,7 @@ def run_setting(cases: list[Case], repeats: int, rounds: int, warmup: int) -> li
                                                     bench.DTYPES[case.dtype])
             runners[impl] = bench.step_runner(compiled, ts, x, y)
             result[impl] = {"lib": library_calls(compiled.as_text()),
+                            "flops": bench.step_flops(compiled),
                             # copied before the next call donates the state's buffers
                             "outputs": step_outputs(*runners[impl]())}
         times = bench.interleaved(runners, repeats, rounds, warmup=warmup)
@@ -254,7 +255,8 @@ def spawn(setting: str, cases: list[Case], repeats: int, rounds: int, warmup: in
 def measure(settings: list[str], cases: list[Case], repeats: int, rounds: int,
             warmup: int = 3) -> list[dict]:
     """A row per setting and case (the default setting first, as the outputs' reference):
-    times, library calls and the outputs' difference from the default's, per path."""
+    times, GFLOP/s (XLA's count of the step over its median), library calls and the outputs'
+    difference from the default's, per path."""
     settings = ["default"] + [s for s in settings if s != "default"]
     rows, reference = [], {}
     for setting in settings:
@@ -268,7 +270,9 @@ def measure(settings: list[str], cases: list[Case], repeats: int, rounds: int,
                     reference[case, impl] = got["outputs"]
                 diff = (max_rel_diff(got["outputs"], reference[case, impl])
                         if got and (case, impl) in reference else None)
-                row |= {f"{impl}_ms": got.get("ms"), f"{impl}_lib": got.get("lib"),
+                gflops = got and got["flops"] and got["flops"] / got["ms"] / 1e6
+                row |= {f"{impl}_ms": got.get("ms"), f"{impl}_gflops": gflops or None,
+                        f"{impl}_lib": got.get("lib"),
                         f"{impl}_diff": diff,
                         f"{impl}_same": None if diff is None else diff <= RTOL[case.dtype]}
             rows.append(row)
@@ -282,7 +286,7 @@ def _fmt(value, spec: str) -> str:
 def format_table(rows: list[dict]) -> str:
     """The rows as an aligned text table."""
     head = ("setting", "model", "batch", "dtype", "jcnn ms", "autodiff ms", "jcnn/ad",
-            "jcnn lib", "autodiff lib", "jcnn diff", "ad diff", "same")
+            "jcnn GFLOP/s", "jcnn lib", "autodiff lib", "jcnn diff", "ad diff", "same")
     lines = [head]
     for r in rows:
         same = [r["jcnn_same"], r["autodiff_same"]]
@@ -290,6 +294,7 @@ def format_table(rows: list[dict]) -> str:
                       _fmt(r["jcnn_ms"], ".2f"), _fmt(r["autodiff_ms"], ".2f"),
                       _fmt(r["jcnn_ms"] and r["autodiff_ms"] and r["jcnn_ms"] / r["autodiff_ms"],
                            ".2f"),
+                      _fmt(r["jcnn_gflops"], ".1f"),
                       describe_library(r["jcnn_lib"]) if r["jcnn_lib"] else "-",
                       describe_library(r["autodiff_lib"]) if r["autodiff_lib"] else "-",
                       _fmt(r["jcnn_diff"], ".1e"), _fmt(r["autodiff_diff"], ".1e"),

@@ -29,7 +29,7 @@ def test_quick_run_reports_each_setting(tmp_path, capsys, monkeypatch):
         r = rows[name]
         assert (r["model"], r["batch"], r["dtype"], r["note"]) == ("lenet", 8, "float32", None)
         for impl in ("jcnn", "autodiff"):
-            assert r[f"{impl}_ms"] > 0
+            assert r[f"{impl}_ms"] > 0 and r[f"{impl}_gflops"] > 0
             assert r[f"{impl}_lib"]["conv"] >= 2 and r[f"{impl}_lib"]["dot"] >= 3
             assert math.isfinite(r[f"{impl}_diff"])
             assert r[f"{impl}_same"] == (r[f"{impl}_diff"] <= flags.RTOL["float32"])
