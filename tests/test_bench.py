@@ -18,6 +18,7 @@ def _check_rows(rows, impls, ops):
         assert r["note"] is None, r["note"]
         assert r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] and r["runs"] == 3
         assert r["faults"] is None or r["faults"] >= 0
+        assert r["flops"] > 0 and r["gflops"] == pytest.approx(r["flops"] / r["median_ms"] / 1e6)
     by_impl = {r["impl"]: r for r in rows}
     assert by_impl["autodiff"]["ratio"] == 1.0
     assert by_impl["jcnn"]["temp_bytes"] is not None and by_impl["jcnn"]["argument_bytes"] > 0
@@ -53,9 +54,13 @@ def test_ratios_are_to_autodiff_and_to_the_fastest_torch_variant():
     PyTorch variant's median; temp_ratio: temp bytes over autodiff's."""
     times = {"jcnn": [0.002, 0.004, 0.003], "autodiff": [0.006, 0.008], "torch-eager": [0.005],
              "torch-compile": [0.0015, 0.0025]}
-    memory = {"jcnn": {"temp_bytes": 10, "argument_bytes": 4},
-              "autodiff": {"temp_bytes": 40, "argument_bytes": 4}}
+    memory = {"jcnn": {"temp_bytes": 10, "argument_bytes": 4, "flops": 3e6},
+              "autodiff": {"temp_bytes": 40, "argument_bytes": 4, "flops": 5e6}}
     rows = {r["impl"]: r for r in bench._rows({"model": "lenet"}, times, memory, {})}
+    assert rows["jcnn"]["gflops"] == pytest.approx(3e6 / 3e-3 / 1e9)
+    # PyTorch's rows: the baseline's count, the same model's step
+    assert rows["torch-eager"]["flops"] == 5e6
+    assert rows["torch-eager"]["gflops"] == pytest.approx(5e6 / 5e-3 / 1e9)
     assert rows["jcnn"]["ratio"] == pytest.approx(3 / 7)
     assert rows["jcnn"]["torch_ratio"] == pytest.approx(3 / 2)
     assert rows["autodiff"]["torch_ratio"] == pytest.approx(7 / 2)
@@ -102,6 +107,40 @@ def test_the_cpu_is_named_with_its_family_model_and_vector_extensions():
     # no model name: the caller falls back
     assert bench.describe_cpu("Features\t: fp asimd\n") is None
 
+
+
+def test_step_flops_are_xla_s_count_of_a_matmul():
+    import jax
+    import jax.numpy as jnp
+    m, k, n = 64, 32, 16
+    compiled = jax.jit(jnp.matmul).lower(jnp.ones((m, k)), jnp.ones((k, n))).compile()
+    assert bench.step_flops(compiled) == pytest.approx(2 * m * n * k)
+
+    class Listed:  # older jax: a list with one dict per module
+        def __init__(self, cost):
+            self.cost = cost
+
+        def cost_analysis(self):
+            return self.cost
+    assert bench.step_flops(Listed([{"flops": 8.0}])) == 8.0
+    assert bench.step_flops(Listed([])) is None and bench.step_flops(Listed(None)) is None
+
+
+def test_the_fma_peak_is_cores_times_clock_times_flops_per_cycle():
+    zen5 = ("vendor_id\t: AuthenticAMD\ncpu family\t: 26\ncpu MHz\t\t: 2596.124\n"
+            "flags\t\t: fpu avx fma avx2 avx512f avx512_bf16\n")
+    peak, how = bench.fma_peak(zen5, 2)
+    assert peak == pytest.approx(2 * 2.596124 * 64)
+    assert "2 cores" in how and "cpu MHz" in how and "64 FLOP/cycle (avx512f" in how
+    zen4 = zen5.replace("26", "25")
+    assert bench.fma_peak(zen4, 4)[0] == pytest.approx(4 * 2.596124 * 32)
+    intel = "vendor_id\t: GenuineIntel\ncpu family\t: 6\ncpu MHz\t: 3400.0\nflags\t: avx2 fma\n"
+    peak, how = bench.fma_peak(intel, 8, base_khz="2100000")
+    assert peak == pytest.approx(8 * 2.1 * 32) and "base_frequency" in how
+    assert bench.fma_peak("cpu MHz\t: 1000\nflags\t: sse2\n", 2)[0] is None
+    assert bench.fma_peak("flags\t: avx2 fma\n", 2)[0] is None
+    peak, how = bench.cpu_peak()   # this machine: a figure and how, or None and why
+    assert how and (peak is None or peak > 0)
 
 
 def test_the_form_tables_name_every_form_with_its_ratio_to_the_base(monkeypatch, capsys):

@@ -26,7 +26,7 @@ import optax
 import jcnn
 from jcnn import reference
 from jcnn.bench.models import DTYPES, LR, MODELS, MOMENTUM, NUM_CLASSES, ModelSpec
-from jcnn.train.step import init_train_state, make_train_step
+from jcnn.train.step import TrainState, init_train_state, make_train_step
 
 
 # ---- timing ---------------------------------------------------------------------------------
@@ -75,17 +75,29 @@ def _time(runners: dict[str, Callable[[], object]], memory: dict[str, dict], rep
     return times
 
 
-def _memory(compiled) -> dict:
+def step_flops(compiled) -> Optional[float]:
+    """FLOPs of one call of `compiled` by XLA's cost analysis (None where the backend counts
+    none): a dict in current jax, a list of one dict per module in older versions."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def _figures(compiled) -> dict:
+    """XLA's memory figures and FLOP count of a compiled step or op."""
     stats = compiled.memory_analysis()
+    flops = {"flops": step_flops(compiled)}
     if stats is None:  # some backends give no figures
-        return {"temp_bytes": None, "argument_bytes": None}
+        return {"temp_bytes": None, "argument_bytes": None} | flops
     return {"temp_bytes": int(stats.temp_size_in_bytes),
-            "argument_bytes": int(stats.argument_size_in_bytes)}
+            "argument_bytes": int(stats.argument_size_in_bytes)} | flops
 
 
 FIELDS = ("model", "op", "batch", "dtype", "impl", "median_ms", "min_ms", "runs", "ratio",
           "ratio_lo", "ratio_hi", "torch_ratio", "temp_bytes", "argument_bytes", "temp_ratio",
-          "faults", "note")
+          "faults", "flops", "gflops", "note")
 
 
 def _round_ratios(t: list[float], base: list[float], rounds: int) -> list[float]:
@@ -102,8 +114,10 @@ def _rows(case: dict, times: dict[str, list[float]], memory: dict[str, dict],
     """One row per implementation, each with every field of `FIELDS` (None where it has no
     value): median and fastest time, `ratio` / `temp_ratio` against the baseline's,
     `ratio_lo`/`ratio_hi` the lowest and highest of the `rounds` per-round ratios (`times`
-    holds each round's runs in turn, as `interleaved` returns them), and for the JAX rows
-    `torch_ratio`, the median against the fastest PyTorch variant's (when any ran)."""
+    holds each round's runs in turn, as `interleaved` returns them), `gflops` XLA's FLOP count
+    over the median (a row without a count of its own, PyTorch's, takes the baseline's: the
+    same model's step), and for the JAX rows `torch_ratio`, the median against the fastest
+    PyTorch variant's (when any ran)."""
     rows = []
     for impl in [*times, *notes]:
         row = dict.fromkeys(FIELDS) | case | {"impl": impl, "note": notes.get(impl)}
@@ -120,6 +134,9 @@ def _rows(case: dict, times: dict[str, list[float]], memory: dict[str, dict],
             r["ratio_lo"], r["ratio_hi"] = min(per_round), max(per_round)
         if r["temp_bytes"] is not None and base["temp_bytes"]:
             r["temp_ratio"] = r["temp_bytes"] / base["temp_bytes"]
+        if r["median_ms"] is not None:
+            r["flops"] = r["flops"] or base["flops"]
+            r["gflops"] = r["flops"] and r["flops"] / r["median_ms"] / 1e6
     torch = [r["median_ms"] for r in rows
              if r["impl"].startswith("torch-") and r["median_ms"] is not None]
     for r in rows:
@@ -151,20 +168,34 @@ def _batch(spec: ModelSpec, batch: int, seed: int = 0) -> tuple[np.ndarray, np.n
     return images, rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
 
 
-def jax_step_runner(spec: ModelSpec, ops: ModuleType, images: np.ndarray, labels: np.ndarray,
-                    compute_dtype) -> tuple[Callable[[], object], dict]:
-    """A runner for one jitted, donated training step with `ops`, and its memory figures."""
+def compile_step(spec: ModelSpec, ops: ModuleType, images: np.ndarray, labels: np.ndarray,
+                 compute_dtype) -> tuple[object, TrainState, jax.Array, jax.Array]:
+    """The jitted, donated training step with `ops` compiled for this batch, with a fresh
+    train state (from key 0) and the batch on the device: `compiled(ts, x, y)`."""
     model, optimizer = spec.build(ops), optax.sgd(LR, momentum=MOMENTUM)
     ts = init_train_state(model, optimizer, jax.random.key(0), images.shape)
     x, y = jnp.asarray(images), jnp.asarray(labels)
     compiled = make_train_step(model, optimizer, ops=ops, compute_dtype=compute_dtype) \
         .lower(ts, x, y).compile()
+    return compiled, ts, x, y
+
+
+def step_runner(compiled, ts: TrainState, x: jax.Array, y: jax.Array) -> Callable[[], object]:
+    """A runner for `compiled` (from `compile_step`): each call takes one step from the state
+    the last call left (the first from `ts`) and returns the new state and the loss."""
     state = [ts]
 
     def run():
         state[0], loss = compiled(state[0], x, y)
         return jax.block_until_ready((state[0], loss))
-    return run, _memory(compiled)
+    return run
+
+
+def jax_step_runner(spec: ModelSpec, ops: ModuleType, images: np.ndarray, labels: np.ndarray,
+                    compute_dtype) -> tuple[Callable[[], object], dict]:
+    """A runner for one jitted, donated training step with `ops`, and its memory figures."""
+    compiled, ts, x, y = compile_step(spec, ops, images, labels, compute_dtype)
+    return step_runner(compiled, ts, x, y), _figures(compiled)
 
 
 def bench_step(name: str, batch: int, dtype: str, *, repeats: int, rounds: int,
@@ -276,7 +307,7 @@ def op_runner(case: OpCase, ops: ModuleType, args: tuple[jax.Array, ...]
     # drawn by NumPy: jax.random.normal compiles a generator per shape (0.8 s each on 2 cores)
     ct = jnp.asarray(np.random.default_rng(1).standard_normal(out.shape), out.dtype)
     compiled = jax.jit(fwd_bwd).lower(ct, *args).compile()
-    return (lambda: jax.block_until_ready(compiled(ct, *args))), _memory(compiled)
+    return (lambda: jax.block_until_ready(compiled(ct, *args))), _figures(compiled)
 
 
 def bench_op(case: OpCase, batch: int, dtype: str, *, repeats: int, rounds: int,
@@ -312,8 +343,58 @@ def describe_cpu(cpuinfo: str) -> Optional[str]:
     return fields["model name"] + (f" ({', '.join(detail)})" if detail else "")
 
 
+# float32 FLOPs per cycle and core from the vector extensions: (cpuinfo flag, FLOPs, why)
+FLOPS_PER_CYCLE = (
+    ("avx512f", 64, "2 FMA units x 16 float32 lanes x 2 (512-bit FMA units: Zen 5, Xeon "
+                    "server cores; Zen 4 is counted at 32: it splits 512-bit ops in two)"),
+    ("fma", 32, "2 FMA units x 8 float32 lanes x 2 (AVX2 + FMA)"),
+    ("asimd", 16, "2 FMA units x 4 float32 lanes x 2 (NEON)"),
+)
+
+
+def fma_peak(cpuinfo: str, cores: int, base_khz: Optional[str] = None
+             ) -> tuple[Optional[float], str]:
+    """The float32 FMA peak in GFLOP/s assumed for `cores` cores of the CPU /proc/cpuinfo's
+    text describes, and how it was got: cores x clock x FLOPs per cycle (`FLOPS_PER_CYCLE`).
+    The clock is cpufreq's base frequency (`base_khz`, kHz) where the kernel gives one, else
+    cpuinfo's "cpu MHz" (the clock the kernel reports; a VM's is its host's nominal clock).
+    Turbo clocks above it make the real peak higher: a fraction of it is an upper bound."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", fields.get("Features", "")).split())
+    per_cycle = next(((flag, n, why) for flag, n, why in FLOPS_PER_CYCLE if flag in flags), None)
+    if base_khz:
+        mhz, clock = float(base_khz) / 1e3, "cpufreq base_frequency"
+    elif "cpu MHz" in fields:
+        mhz, clock = float(fields["cpu MHz"]), "/proc/cpuinfo cpu MHz"
+    else:
+        return None, "no clock in /proc/cpuinfo or cpufreq"
+    if per_cycle is None:
+        return None, "no FMA vector extension known to jcnn in /proc/cpuinfo's flags"
+    flag, n, why = per_cycle
+    if flag == "avx512f" and fields.get("vendor_id") == "AuthenticAMD" \
+            and fields.get("cpu family") == "25":  # Zen 4: 256-bit units
+        n, why = 32, "Zen 4: 2 x 256-bit FMA units x 8 float32 lanes x 2"
+    return (cores * mhz * n / 1e3,
+            f"{cores} cores x {mhz:.0f} MHz ({clock}) x {n} FLOP/cycle ({flag}: {why})")
+
+
+def cpu_peak() -> tuple[Optional[float], str]:
+    """`fma_peak` of this machine: the cores this process may run on (os.sched_getaffinity)."""
+    info = Path("/proc/cpuinfo")
+    if not info.exists():
+        return None, "no /proc/cpuinfo"
+    base = Path("/sys/devices/system/cpu/cpu0/cpufreq/base_frequency")
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    return fma_peak(info.read_text(), cores, base.read_text().strip() if base.exists() else None)
+
+
 def environment() -> dict:
-    """Where the numbers come from: device, cores, versions, date and load."""
+    """Where the numbers come from: device, cores, versions, date and load, and on a CPU the
+    FMA peak assumed (`cpu_peak`) with how it was got."""
     from importlib import metadata
     info = Path("/proc/cpuinfo")
     cpu = (describe_cpu(info.read_text()) if info.exists() else None) or platform.processor()
@@ -322,10 +403,11 @@ def environment() -> dict:
     except metadata.PackageNotFoundError:
         torch_version = None
     device = jax.devices()[0]
+    peak, how = cpu_peak() if device.platform == "cpu" else (None, "not a CPU")
     return {"platform": device.platform,
             "device": cpu if device.platform == "cpu" else device.device_kind,
             "cores": os.cpu_count(), "jax": jax.__version__,
             "jaxlib": metadata.version("jaxlib"), "torch": torch_version,
             "python": platform.python_version(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "load_average": os.getloadavg()}
+            "load_average": os.getloadavg(), "fma_peak_gflops": peak, "fma_peak_how": how}

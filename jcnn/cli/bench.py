@@ -75,9 +75,9 @@ def _fmt(value, spec: str) -> str:
 def format_table(rows: list[dict]) -> str:
     """The rows as an aligned text table: times in ms, memory in MB, ratios to autodiff (with
     their range over the rounds, and to the fastest PyTorch variant), minor page faults per
-    step."""
+    step, GFLOP/s by XLA's cost analysis."""
     head = ("model", "op", "batch", "dtype", "impl", "median ms", "min ms", "ratio",
-            "rounds", "vs torch", "temp MB", "arg MB", "temp ratio", "faults/step")
+            "rounds", "vs torch", "temp MB", "arg MB", "temp ratio", "faults/step", "GFLOP/s")
     lines = [head] + [(r["model"], r["op"], str(r["batch"]), r["dtype"], r["impl"],
                        _fmt(r["median_ms"], ".2f"), _fmt(r["min_ms"], ".2f"),
                        _fmt(r["ratio"], ".2f"),
@@ -85,7 +85,8 @@ def format_table(rows: list[dict]) -> str:
                        _fmt(r["torch_ratio"], ".2f"),
                        _fmt(r["temp_bytes"] and r["temp_bytes"] / 1e6, ".2f"),
                        _fmt(r["argument_bytes"] and r["argument_bytes"] / 1e6, ".2f"),
-                       _fmt(r["temp_ratio"], ".2f"), _fmt(r["faults"], ".0f"))
+                       _fmt(r["temp_ratio"], ".2f"), _fmt(r["faults"], ".0f"),
+                       _fmt(r["gflops"], ".1f"))
                       + ((r["note"],) if r["note"] else ())
                       for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
@@ -104,6 +105,8 @@ def run(args) -> int:
           f"jaxlib {env['jaxlib']}, torch {env['torch'] or 'not installed'}, load "
           f"{' '.join(f'{x:.2f}' for x in env['load_average'])}; {repeats} runs per path in "
           f"{rounds} interleaved rounds, median", flush=True)
+    if env["fma_peak_gflops"]:  # GFLOP/s: XLA's cost analysis of the step over its median
+        print(f"assumed FMA peak {env['fma_peak_gflops']:.0f} GFLOP/s: {env['fma_peak_how']}")
     rows = []
     for name in names:
         sizes = [8] if args.smoke else args.batch_sizes or MODELS[name].batch_sizes
