@@ -465,7 +465,8 @@ SLOW_KILLS = {
     "replace 3 KILL": (-signal.SIGKILL, None, True),
     "step 1 KILL": (-signal.SIGKILL, None, False),
     "step 60 KILL": (-signal.SIGKILL, None, False),
-    "step 44 INT": (128 + signal.SIGINT, "interrupted (SIGINT) at step 44; saved", False),
+    "step 44 INT": (128 + signal.SIGINT, "interrupted (SIGINT) after epoch 1; saved", False),
+    "step 43 INT": (128 + signal.SIGINT, "interrupted (SIGINT) at step 43; saved", False),
     "fsync 3 TERM": (128 + signal.SIGTERM, "after epoch 1; saved", False),
     "compile 2 TERM": (128 + signal.SIGTERM, "before training began", False),
     "step 88 INT": (128 + signal.SIGINT, "at step 88; saved", False),
@@ -512,3 +513,115 @@ def test_random_kills_from_outside(seed, straight, tmp_path):
         assert "Traceback" not in err and proc.returncode != -signal.SIGSEGV, err
     _finish(out)
     _same_run(out, straight)
+
+
+# ---- training options --------------------------------------------------------------------
+
+def test_random_crops_shift_each_image_with_zero_fill_and_flip(digits):
+    from jcnn.train.step import random_crops
+    images = jnp.asarray(digits.train_images[:64])
+    for pad, flip in ((1, False), (2, True)):
+        out = np.asarray(random_crops(pad, flip)(jax.random.key(3), images))
+        shifts = set()
+        for x, y in zip(np.asarray(images), out):
+            padded = np.pad(x, ((pad, pad), (pad, pad), (0, 0)))
+            found = [(dy, dx, f) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                     for f in ((False, True) if flip else (False,))
+                     if np.array_equal((padded[:, ::-1] if f else padded)[dy:dy + 8, dx:dx + 8],
+                                       y)]
+            assert found, "an output that is no shift of its input"
+            shifts.add(found[0])
+        assert len(shifts) > (2 * pad + 1) ** 2 // 2  # the shifts (and flips) do vary
+        np.testing.assert_array_equal(random_crops(pad, flip)(jax.random.key(3), images), out)
+
+
+def test_decoupled_weight_decay_subtracts_lr_times_rate_times_each_kernel():
+    from jcnn.train.step import decoupled_weight_decay
+    schedule = optax.linear_schedule(0.1, 0.05, 10)
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+    grads = {"w": jnp.full((2, 3), 0.5), "b": jnp.full(3, 0.25)}
+    optimizer = optax.chain(optax.sgd(schedule), decoupled_weight_decay(0.01, schedule))
+    state = optimizer.init(params)
+    for step in range(3):
+        updates, state = optimizer.update(grads, state, params)
+        lr = float(schedule(step))
+        np.testing.assert_allclose(updates["w"], -lr * grads["w"] - lr * 0.01 * params["w"],
+                                   rtol=1e-6)
+        np.testing.assert_allclose(updates["b"], -lr * grads["b"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", T.SCHEDULES)
+def test_schedules_warm_up_linearly_then_follow_their_curve(kind):
+    config = {"lr": 0.2, "lr_decay": 0.5, "schedule": kind, "warmup": 1.5, T.HORIZON: 4}
+    lr = T._schedule(config, 10)  # 10 steps per epoch: warmup 15 steps, 40 in all
+    np.testing.assert_allclose([lr(0), lr(5), lr(15)], [0.0, 0.2 / 3, 0.2], rtol=1e-6)
+    after = {"exponential": [0.2, 0.1, 0.05], "constant": [0.2] * 3,
+             "cosine": [0.2 * (1 + np.cos(np.pi * k / 25)) / 2 for k in (0, 10, 25)]}[kind]
+    np.testing.assert_allclose([lr(15), lr(25), lr(40)], after, rtol=1e-5, atol=1e-7)
+    no_warmup = T._schedule({**config, "warmup": 0.0}, 10)
+    assert float(no_warmup(0)) == pytest.approx(0.2)
+
+
+def test_the_validation_split_is_stratified_seeded_and_disjoint(digits):
+    data, (images, labels) = T._split(digits, 0.2, seed=0)
+    per_label = np.bincount(digits.train_labels, minlength=10)
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10),
+                                  np.round(0.2 * per_label).astype(int))
+    together = np.concatenate([data.train_images, images]).reshape(len(digits.train_labels), -1)
+    assert len({r.tobytes() for r in together}) == len(
+        {r.tobytes() for r in digits.train_images.reshape(len(together), -1)})
+    again, other = T._split(digits, 0.2, seed=0)[1], T._split(digits, 0.2, seed=1)[1]
+    np.testing.assert_array_equal(again[0], images)
+    assert not np.array_equal(other[0], images)
+    assert T._split(digits, None, seed=0) == (digits, None)
+
+
+def test_options_resume_exactly_and_write_best_csv_and_the_test_once(cli, tmp_path,
+                                                                    monkeypatch):
+    options = ("--val-fraction", 0.2, "--augment", "--schedule", "cosine", "--warmup", 0.5,
+               "--weight-decay", 1e-3, "--epochs", 2)
+    straight, interrupted = tmp_path / "a", tmp_path / "b"
+    used = []  # the options reach the step: what it was built with
+    for name in ("random_crops", "decoupled_weight_decay"):
+        real = getattr(T, name)
+        monkeypatch.setattr(T, name, lambda *a, real=real, name=name: used.append((name, a))
+                            or real(*a))
+    code, out, _ = cli(*options, "--out", straight)
+    assert sorted((n, a[0]) for n, a in used) == [("decoupled_weight_decay", 1e-3),
+                                                   ("random_crops", 1)]
+    assert code == 0 and "val_accuracy" in out and "best epoch" in out
+    assert f"wrote {straight / T.CHECKPOINT}" in out and str(straight / "best.npz") in out
+    with monkeypatch.context() as m:
+        _interrupt_at_step(m, 40)
+        assert cli(*options, "--out", interrupted)[0] == 130
+    code, _, err = cli("--out", interrupted, "--resume", "--epochs", 2, "--schedule", "constant")
+    assert code == 0 and "keeps the saved run's --schedule cosine (not constant)" in err
+    expected = _params(straight)
+    for k, v in _params(interrupted).items():
+        np.testing.assert_array_equal(v, expected[k], err_msg=k)
+    records = [json.loads(line) for line in (straight / T.METRICS).read_text().splitlines()]
+    assert all({"val_loss", "val_accuracy"} <= r.keys() and "test_loss" not in r
+               for r in records)
+    rows = (straight / "metrics.csv").read_text().splitlines()
+    assert rows[0].split(",") == list(records[0]) and len(rows) == 3
+    assert [float(x) for x in rows[2].split(",")] == pytest.approx(list(records[1].values()))
+    best = max(records, key=lambda r: r["val_accuracy"])
+    with np.load(straight / "best.npz") as saved:
+        assert int(saved["step"]) == best["step"]
+    result = json.loads((straight / "test.json").read_text())
+    assert result["best"]["epoch"] == best["epoch"] and result["last"]["epoch"] == 2
+    assert result == json.loads((interrupted / "test.json").read_text())
+    assert read_config(straight / T.CHECKPOINT)["augment"] is True
+
+
+def test_early_stop_ends_the_run_when_validation_stops_improving(cli, tmp_path, monkeypatch):
+    accuracies = iter([0.5, 0.7, 0.6, 0.7] + [0.1] * 10)
+    real = T.evaluate
+    monkeypatch.setattr(T, "evaluate", lambda *a: (real(*a)[0], next(accuracies)))
+    code, out, _ = cli("--val-fraction", 0.1, "--early-stop", 2, "--epochs", 8, "--out", tmp_path)
+    assert code == 0 and ("early stop: val_accuracy has not improved for 2 epochs since epoch "
+                          "2 (70.00%)") in out
+    records = [json.loads(line) for line in (tmp_path / T.METRICS).read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    code, out, _ = cli("--out", tmp_path, "--resume", "--epochs", 8)
+    assert code == 0 and "early stop" in out and "epoch   5" not in out

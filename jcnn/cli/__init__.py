@@ -32,15 +32,16 @@ class UsageError(Exception):
     """Options that cannot work together, or an --out that does not fit the command: exit 2."""
 
 
-def positive(kind: type) -> Callable[[str], Any]:
-    """An argparse type: a finite number > 0 of `kind`, else a usage error naming the value."""
+def positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite number > 0 (>= 0 with `zero`) of `kind`, else a usage error
+    naming the value."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if zero else '>'} 0, got {text}")
         return value
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse

@@ -1,6 +1,10 @@
 """`jcnn train`: trains a model from `jcnn.models` on a dataset of `jcnn.train.data` with the
-step of `jcnn.train.step`; with --out it writes metrics.jsonl, checkpoints and plots there,
-and --resume continues a run from its checkpoint.
+step of `jcnn.train.step`; with --out it writes metrics.jsonl and metrics.csv, checkpoints and
+plots there, and --resume continues a run from its checkpoint. With --val-fraction a
+stratified part of the training set is held out: each epoch is measured on it, best.npz keeps
+the epoch of the best validation accuracy, --early-stop can end the run on it, and the test
+set is evaluated once, at the end (test.json); without it each epoch is measured on the test
+set.
 
 What --out holds is never mixed from two runs nor lost: a new run refuses a directory that
 holds another run's files unless --overwrite is given (and then removes them only when it
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import functools
 import json
 import math
@@ -35,10 +40,11 @@ from jcnn import models, reference
 from jcnn.cli import UsageError, describe, positive
 from jcnn.train.atomic import atomic_open, remove_temporaries
 from jcnn.train.checkpoint import load_checkpoint, read_config, save_checkpoint
-from jcnn.train.data import batches, load_dataset
+from jcnn.train.data import Dataset, batches, load_dataset
 from jcnn.train.parallel import (batch_sharded, check_batch_size, data_mesh, put, replicated,
                                  shard_batch)
-from jcnn.train.step import TrainState, evaluate, init_train_state, make_eval_step, make_train_step
+from jcnn.train.step import (TrainState, decoupled_weight_decay, evaluate, init_train_state,
+                             make_eval_step, make_train_step, random_crops)
 
 MODELS = {"lenet": models.lenet,
           "resnet8": functools.partial(models.resnet, depth=8),
@@ -50,11 +56,18 @@ OPTIMIZERS = {"sgd": optax.sgd,
 DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "adam": 3e-3, "adamw": 3e-3}
 GRADS = {"manual": jcnn, "autodiff": reference}
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+SCHEDULES = ("exponential", "cosine", "constant")
+# --augment: (shift in pixels, flip) per dataset
+AUGMENT = {"digits": (1, False), "mnist": (2, False), "fashion-mnist": (2, False),
+           "cifar10": (4, True)}
 # What a run is: saved in each checkpoint, and what --resume restores.
 CONFIG_KEYS = ("data", "model", "batch_size", "optimizer", "lr", "lr_decay", "seed", "dtype",
-               "grad")
-CHECKPOINT, METRICS = "checkpoint.npz", "metrics.jsonl"
-RUN_FILES = (CHECKPOINT, METRICS)  # a run's state: --out holds another run if it has one
+               "grad", "val_fraction", "schedule", "warmup", "weight_decay", "augment",
+               "early_stop")
+HORIZON = "schedule_epochs"  # saved beside them: the --epochs a cosine schedule decays over
+CHECKPOINT, METRICS, CSV = "checkpoint.npz", "metrics.jsonl", "metrics.csv"
+BEST, RESULT = "best.npz", "test.json"  # with --val-fraction
+RUN_FILES = (CHECKPOINT, METRICS, CSV, BEST, RESULT)  # --out holds another run if it has one
 WRITTEN = (*RUN_FILES, "curves.png", "filters.png")  # every file a run writes
 PARTIAL = "interrupted_epoch"  # saved beside the config by a Ctrl-C
 
@@ -75,6 +88,14 @@ def _seed(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    """An argparse type: a number in (0, 1)."""
+    value = positive(float)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be < 1, got {text}")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", choices=["digits", "mnist", "fashion-mnist", "cifar10"],
                         default="digits", help="dataset (default: the embedded 8x8 digits)")
@@ -88,16 +109,38 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=positive(float), help="learning rate (default: " + ", ".join(
         f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
     parser.add_argument("--lr-decay", type=positive(float), default=0.85,
-                        help="multiply the learning rate by this after each epoch (1: constant); "
-                             "the decay keeps Adam from spiking once the loss is near zero")
+                        help="exponential schedule: multiply the learning rate by this after "
+                             "each epoch; the decay keeps Adam from spiking once the loss is "
+                             "near zero")
+    parser.add_argument("--schedule", choices=SCHEDULES, default="exponential",
+                        help="the learning rate over the epochs: exponential (x --lr-decay per "
+                             "epoch), cosine (to 0 at the --epochs the run started with), "
+                             "constant")
+    parser.add_argument("--warmup", type=positive(float, zero=True), default=0.0,
+                        metavar="EPOCHS", help="first raise the learning rate linearly from 0 "
+                        "over this many epochs (default 0)")
+    parser.add_argument("--weight-decay", type=positive(float, zero=True), default=0.0,
+                        metavar="WD", help="decoupled weight decay of the kernels (AdamW's), "
+                        "times the learning rate (default 0)")
+    parser.add_argument("--augment", action="store_true",
+                        help="random shifts (digits, MNIST) or crops of the image padded by 4 and "
+                             "left-right flips (CIFAR-10), drawn in the step from its key")
+    parser.add_argument("--val-fraction", type=_fraction, metavar="F",
+                        help="hold out this fraction of the training set (stratified by label, "
+                             "seeded) to measure each epoch on; the test set is then evaluated "
+                             "once, at the end")
+    parser.add_argument("--early-stop", type=positive(int), metavar="PATIENCE",
+                        help="stop when the validation accuracy has not improved for this many "
+                             "epochs (needs --val-fraction)")
     parser.add_argument("--seed", type=_seed, default=0, help="seeds the init, shuffling, dropout")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="compute dtype; params stay float32")
     parser.add_argument("--grad", choices=sorted(GRADS), default="manual",
                         help="manual: jcnn's hand-derived rules; "
                              "autodiff: jcnn.reference + jax.grad")
-    parser.add_argument("--out", type=Path, help="write metrics.jsonl, checkpoint.npz, "
-                        "curves.png and filters.png here")
+    parser.add_argument("--out", type=Path, help="write metrics.jsonl, metrics.csv, "
+                        "checkpoint.npz, curves.png, filters.png (and with --val-fraction "
+                        "best.npz and test.json) here")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz "
                         "with its saved config (only --epochs and --data-dir are taken from here)")
     parser.add_argument("--overwrite", action="store_true", help="start a new run in an --out "
@@ -115,7 +158,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 class _Setup(NamedTuple):
     """What a run needs besides its TrainState, built once from the config."""
     config: dict
-    data: Any
+    data: Any            # its training images are those left after the validation split
+    val: Optional[tuple[np.ndarray, np.ndarray]]  # validation images and labels
     mesh: Any
     step: Callable       # compiled train step
     eval_step: Callable  # compiled eval step
@@ -168,6 +212,7 @@ def _config(args) -> tuple[dict, dict]:
     of its steps and its seconds), so that the resumed epoch's record covers all of it."""
     if not args.resume:
         config = {k: getattr(args, k) for k in CONFIG_KEYS}
+        config[HORIZON] = args.epochs
     else:
         path = args.out / CHECKPOINT
         if not path.is_file():  # a FIFO or a device would hang the read
@@ -180,6 +225,8 @@ def _config(args) -> tuple[dict, dict]:
         _check_saved(config, path, args.config_options)
     if config["lr"] is None:
         config["lr"] = DEFAULT_LR[config["optimizer"]]
+    if config["early_stop"] is not None and config["val_fraction"] is None:
+        raise UsageError("--early-stop watches the validation accuracy: it needs --val-fraction")
     if not args.resume:
         return config, _no_partial()
     defaults = args.config_defaults
@@ -196,7 +243,8 @@ def _setup(config: dict, data_dir: Optional[str], resume_from: Optional[Path]
            ) -> tuple[_Setup, TrainState, np.ndarray]:
     """Data, mesh, model, compiled steps, the TrainState (fresh or resumed, on the mesh) and
     the initial first-layer kernel (for filters.png; the init is a function of the seed)."""
-    data = load_dataset(config["data"], data_dir)
+    data, val = _split(load_dataset(config["data"], data_dir), config["val_fraction"],
+                       config["seed"])
     if config["batch_size"] > len(data.train_labels):
         raise UsageError(f"--batch-size {config['batch_size']} is more than the "
                          f"{len(data.train_labels)} training images of {data.name}")
@@ -209,8 +257,11 @@ def _setup(config: dict, data_dir: Optional[str], resume_from: Optional[Path]
     model = MODELS[config["model"]](data.num_classes, ops=ops)
     batch = (config["batch_size"], *data.train_images.shape[1:])
     per_epoch = len(data.train_labels) // batch[0]
-    optimizer = OPTIMIZERS[config["optimizer"]](optax.exponential_decay(
-        config["lr"], per_epoch, config["lr_decay"], staircase=True))
+    schedule = _schedule(config, per_epoch)
+    optimizer = OPTIMIZERS[config["optimizer"]](schedule)
+    if config["weight_decay"]:
+        optimizer = optax.chain(optimizer, decoupled_weight_decay(config["weight_decay"],
+                                                                  schedule))
     ts = init_train_state(model, optimizer, jax.random.key(config["seed"]), batch)
     before = _first_kernel(ts.params)
     if resume_from is not None:
@@ -218,12 +269,48 @@ def _setup(config: dict, data_dir: Optional[str], resume_from: Optional[Path]
     ts = put(ts, replicated(mesh))
     spec = functools.partial(jax.ShapeDtypeStruct, sharding=batch_sharded(mesh))
     x, y = spec(batch, data.train_images.dtype), spec(batch[:1], data.train_labels.dtype)
-    step = make_train_step(model, optimizer, ops=ops, compute_dtype=compute_dtype, mesh=mesh)
+    step = make_train_step(model, optimizer, ops=ops, compute_dtype=compute_dtype, mesh=mesh,
+                           augment=random_crops(*AUGMENT[data.name]) if config["augment"]
+                           else None)
     eval_step = make_eval_step(model, ops=ops, compute_dtype=compute_dtype, mesh=mesh)
     mask = spec(batch[:1], np.float32)
     # Compile ahead, so that epoch timings and throughput measure training only.
-    return (_Setup(config, data, mesh, step.lower(ts, x, y).compile(),
+    return (_Setup(config, data, val, mesh, step.lower(ts, x, y).compile(),
                    eval_step.lower(ts.params, ts.state, x, y, mask).compile()), ts, before)
+
+
+def _split(data: Dataset, fraction: Optional[float], seed: int
+           ) -> tuple[Dataset, Optional[tuple[np.ndarray, np.ndarray]]]:
+    """The dataset with `fraction` of each label's training images (chosen with `seed`) moved
+    out of it, and those (images, labels) in their original order; no split without one."""
+    if fraction is None:
+        return data, None
+    rng, labels = np.random.default_rng([seed, 0x7A1]), data.train_labels
+    held = np.zeros(len(labels), bool)
+    for label in range(data.num_classes):
+        rows = np.flatnonzero(labels == label)
+        held[rng.permutation(rows)[:round(fraction * len(rows))]] = True
+    if held.all() or not held.any():
+        raise UsageError(f"--val-fraction {fraction:g} leaves " + (
+            "no training images" if held.all() else "no validation images") +
+            f" of the {len(labels)} of {data.name}")
+    return (data._replace(train_images=data.train_images[~held], train_labels=labels[~held]),
+            (data.train_images[held], labels[held]))
+
+
+def _schedule(config: dict, per_epoch: int) -> optax.Schedule:
+    """The learning rate at each step: --schedule after a linear --warmup from 0."""
+    lr, warmup = config["lr"], round(config["warmup"] * per_epoch)
+    schedule = {
+        "exponential": lambda: optax.exponential_decay(lr, per_epoch, config["lr_decay"],
+                                                       staircase=True),
+        "cosine": lambda: optax.cosine_decay_schedule(
+            lr, max(1, config.get(HORIZON, 1) * per_epoch - warmup)),
+        "constant": lambda: optax.constant_schedule(lr),
+    }[config["schedule"]]()
+    if not warmup:
+        return schedule
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
 
 
 @contextlib.contextmanager
@@ -285,7 +372,7 @@ def _train_epoch(setup: _Setup, ts: TrainState, epoch: int, epochs: int, interru
             rate = len(losses) * cfg["batch_size"] / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", img_s=f"{rate:.0f}", refresh=False)
             bar.update()  # redraws at most every 0.1 s
-            if interrupted():
+            if interrupted() and done + len(losses) < per_epoch:  # else: the epoch is saved
                 return ts, losses, time.perf_counter() - start, "interrupted"
     return ts, losses, time.perf_counter() - start, None
 
@@ -325,19 +412,32 @@ def _writing(path: Path):
 
 
 def _save(out: Path, ts: TrainState, config: dict, records: Optional[list[dict]],
-          first: bool) -> None:
-    """The metrics (when given) then the checkpoint. A run that dies between the two re-runs
-    that epoch on --resume, and its first record is dropped then rather than kept twice. The
-    `first` save of a new run removes the files of the run it replaces (--overwrite) first,
-    so that a checkpoint and metrics never come from two runs."""
+          first: bool, best: bool = False) -> None:
+    """The metrics (when given: metrics.jsonl and metrics.csv), best.npz (when `best`), then the
+    checkpoint. A run that dies before its checkpoint re-runs that epoch on --resume, and its
+    first record is dropped then rather than kept twice. The `first` save of a new run
+    removes the files of the run it replaces (--overwrite) first, so that a checkpoint and
+    metrics never come from two runs."""
     for name in RUN_FILES if first else ():
         with _writing(out / name):
             (out / name).unlink(missing_ok=True)
     if records is not None:
         with _writing(out / METRICS), atomic_open(out / METRICS) as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
-    with _writing(out / CHECKPOINT):
-        save_checkpoint(out / CHECKPOINT, ts, config)
+        columns = list(dict.fromkeys(k for r in records for k in r))
+        with _writing(out / CSV), atomic_open(out / CSV) as f:
+            writer = csv.DictWriter(f, columns, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(records)
+    for name in (BEST, CHECKPOINT) if best else (CHECKPOINT,):
+        with _writing(out / name):
+            save_checkpoint(out / name, ts, config)
+
+
+def _best(records: list[dict]) -> Optional[dict]:
+    """The record of the best validation accuracy (the first of equals), if any."""
+    scored = [r for r in records if "val_accuracy" in r]
+    return max(scored, key=lambda r: r["val_accuracy"]) if scored else None
 
 
 def _write_outputs(out: Path, records: list[dict], before: np.ndarray,
@@ -378,17 +478,31 @@ def _run(args, caught: list[int]) -> int:
     if caught:
         return _stopped(caught, "before training began; " + (
             f"{args.out / CHECKPOINT} is as it was" if args.resume else "nothing was saved"))
-    data, bs = setup.data, config["batch_size"]
+    data, val, bs = setup.data, setup.val, config["batch_size"]
     records = [r for r in records if r["step"] <= int(ts.step)]
+    # the best epoch's params and state (with --val-fraction), on the host
+    best = (load_checkpoint(args.out / BEST, like=ts)[:2]
+            if _best(records) and (args.out / BEST).is_file() else None)
+    measured, on = (val, "val") if val else ((data.test_images, data.test_labels), "test")
+    schedule = {"exponential": f"x{config['lr_decay']:g} per epoch"}.get(
+        config["schedule"], config["schedule"])
     print(f"jcnn train: {config['model']} on {data.name} ({len(data.train_labels)} train, "
-          f"{len(data.test_labels)} test), {config['optimizer']} lr {config['lr']:g} "
-          f"(x{config['lr_decay']:g} per epoch), batch {bs} "
+          + (f"{len(val[1])} val, " if val else "") + f"{len(data.test_labels)} test), "
+          f"{config['optimizer']} lr {config['lr']:g} ({schedule}"
+          + (f", {config['warmup']:g} warmup epochs" if config["warmup"] else "")
+          + (f", weight decay {config['weight_decay']:g}" if config["weight_decay"] else "")
+          + f"), batch {bs}{' augmented' if config['augment'] else ''} "
           f"on {setup.mesh.size} {jax.devices()[0].platform} device(s), {config['dtype']}, "
           f"{config['grad']} gradients; step {int(ts.step)}, ready in "
           f"{time.perf_counter() - start:.1f}s", flush=True)
 
     test = None
     for epoch in range(int(ts.step) // (len(data.train_labels) // bs), args.epochs):
+        patience, top = config["early_stop"], _best(records)
+        if patience and top and records[-1]["epoch"] - top["epoch"] >= patience:
+            print(f"early stop: {on}_accuracy has not improved for {patience} epochs since "
+                  f"epoch {top['epoch']} ({top['val_accuracy']:.2%})", flush=True)
+            break
         ts, losses, seconds, stop = _train_epoch(setup, ts, epoch, args.epochs,
                                                  lambda: bool(caught))
         losses, seconds = partial["losses"] + losses, partial["seconds"] + seconds
@@ -406,23 +520,26 @@ def _run(args, caught: list[int]) -> int:
             return _stopped(caught, f"at step {int(ts.step)}" + (
                 f"; saved {out / CHECKPOINT}, continue with --resume" if out else ""))
         eval_start = time.perf_counter()
-        test = evaluate(setup.eval_step, ts.params, ts.state, data.test_images,
-                        data.test_labels, bs, setup.mesh)
+        test = evaluate(setup.eval_step, ts.params, ts.state, *measured, bs, setup.mesh)
         record = {"epoch": epoch + 1, "step": int(ts.step),
-                  "train_loss": float(np.mean(losses)), "test_loss": test[0],
-                  "test_accuracy": test[1],
+                  "train_loss": float(np.mean(losses)), f"{on}_loss": test[0],
+                  f"{on}_accuracy": test[1],
                   "seconds": seconds + time.perf_counter() - eval_start,
                   "images_per_second": len(losses) * bs / seconds}
         print(f"epoch {epoch + 1:3d}/{args.epochs}  train_loss {record['train_loss']:.4f}  "
-              f"test_loss {test[0]:.4f}  test_accuracy {test[1]:.2%}  "
+              f"{on}_loss {test[0]:.4f}  {on}_accuracy {test[1]:.2%}  "
               f"{record['seconds']:.1f}s  {record['images_per_second']:.0f} img/s", flush=True)
         records.append(record)
+        improved = val is not None and _best(records) is record
+        if improved:
+            best = jax.device_get((ts.params, ts.state))
         if out is not None:
-            _save(out, ts, config, records, first=not saved)
+            _save(out, ts, config, records, first=not saved, best=improved)
             saved = True
         if caught and epoch + 1 < args.epochs:
             return _stopped(caught, f"after epoch {epoch + 1}" + (
                 f"; saved {out / CHECKPOINT}, continue with --resume" if out else ""))
+    test = _final_test(setup, ts, best or (None, None), records, out) if val and records else test
     if test is None:  # resumed a run that had already reached --epochs
         test = evaluate(setup.eval_step, ts.params, ts.state, data.test_images, data.test_labels,
                         bs, setup.mesh)
@@ -434,4 +551,30 @@ def _run(args, caught: list[int]) -> int:
     if caught:
         return _stopped(caught, "after the last epoch" + (
             f"; {out} holds the finished run (--resume draws its plots)" if out else ""))
+    if out is not None:
+        print("jcnn train: wrote " + ", ".join(str(out / n) for n in WRITTEN
+                                                if (out / n).is_file()))
     return 0
+
+
+def _final_test(setup: _Setup, ts: TrainState, best, records: list[dict],
+                out: Optional[Path]) -> tuple[float, float]:
+    """With --val-fraction: the test set, evaluated once, at the end, on the last epoch's
+    params and on the best epoch's; printed, and written to test.json. Returns the last's."""
+    data, top = setup.data, _best(records)
+    results = {}
+    for name, (params, state), record in (("last", ts[:2], records[-1]), ("best", best, top)):
+        if params is None:  # best.npz was removed by hand
+            continue
+        loss, accuracy = evaluate(setup.eval_step, params, state, data.test_images,
+                                  data.test_labels, setup.config["batch_size"], setup.mesh)
+        results[name] = {"epoch": record["epoch"], "step": record["step"],
+                         "val_accuracy": record["val_accuracy"], "test_loss": loss,
+                         "test_accuracy": accuracy}
+    if "best" in results:
+        print(f"best epoch {top['epoch']} (val_accuracy {top['val_accuracy']:.2%}): test "
+              f"accuracy {results['best']['test_accuracy']:.2%}", flush=True)
+    if out is not None:
+        with _writing(out / RESULT), atomic_open(out / RESULT) as f:
+            f.write(json.dumps(results, indent=1) + "\n")
+    return results["last"]["test_loss"], results["last"]["test_accuracy"]
