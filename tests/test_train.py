@@ -19,7 +19,7 @@ from jcnn import layers as L
 from jcnn import models, reference
 from jcnn.cli import main
 from jcnn.cli import train as T
-from jcnn.train.checkpoint import read_config
+from jcnn.train.checkpoint import read_config, save_checkpoint
 from jcnn.train.data import batches, load_dataset
 from jcnn.train.parallel import data_mesh, shard_batch
 from jcnn.train.step import evaluate, init_train_state, make_eval_step, make_train_step
@@ -282,7 +282,7 @@ def test_a_new_run_keeps_an_old_run_s_files_until_it_replaces_them(cli, tmp_path
     assert cli("--epochs", 1, "--out", tmp_path)[0] == 0
     metrics, checkpoint = ((tmp_path / n).read_bytes() for n in ("metrics.jsonl", T.CHECKPOINT))
     code, _, err = cli("--epochs", 1, "--out", tmp_path)
-    assert code == 2 and "holds another run (checkpoint.npz, metrics.jsonl)" in err
+    assert code == 2 and "holds another run (checkpoint.npz, metrics.jsonl, metrics.csv)" in err
     code, _, err = cli("--epochs", 1, "--out", tmp_path, "--overwrite", "--batch-size", 5000)
     assert code == 2 and "--batch-size 5000 is more than the 1437 training" in err
     monkeypatch.setitem(T.OPTIMIZERS, "adam", _poisoned_adam_from(5))
@@ -350,7 +350,10 @@ def _python(*args) -> subprocess.CompletedProcess:
 def test_the_command_line_writes_metrics_checkpoint_and_plots(tmp_path):
     out = tmp_path / "run"
     proc = _python("-m", "jcnn", "train", "--epochs", 1, "--out", out)
-    assert "test accuracy" in proc.stdout.splitlines()[-1]
+    *_, summary, written = proc.stdout.splitlines()
+    assert "test accuracy" in summary and written == "jcnn train: wrote " + ", ".join(
+        str(out / n) for n in ("checkpoint.npz", "metrics.jsonl", "metrics.csv", "curves.png",
+                               "filters.png"))
     (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds",
             "images_per_second"} <= record.keys() and record["epoch"] == 1
@@ -451,25 +454,29 @@ def straight(tmp_path_factory):
     return out
 
 
+# Each epoch writes metrics.jsonl, metrics.csv, then checkpoint.npz, each with an fsync of the
+# file (before its rename) and one of the directory (after): epoch 1 makes fsyncs 1-6 and
+# replaces 1-3, epoch 2 fsyncs 7-12 and replaces 4-6.
 KILLS = {  # kill: (exit code, what stderr says, whether a temporary file is left)
     # inside the write of epoch 2's checkpoint (after its metrics): epoch 2 runs again
-    "fsync 7 KILL": (-signal.SIGKILL, None, True),
+    "fsync 11 KILL": (-signal.SIGKILL, None, True),
 }
 SLOW_KILLS = {
     "step 50 TERM": (128 + signal.SIGTERM, "terminated (SIGTERM) at step 50; saved", False),
     "compile 1 INT": (128 + signal.SIGINT, "before training began; nothing was saved", False),
     "fsync 1 KILL": (-signal.SIGKILL, None, True),     # epoch 1's metrics
     "replace 1 KILL": (-signal.SIGKILL, None, True),
-    "fsync 4 KILL": (-signal.SIGKILL, None, False),    # after epoch 1's checkpoint is in place
-    "replace 2 KILL": (-signal.SIGKILL, None, True),   # metrics, no checkpoint: --overwrite
-    "replace 3 KILL": (-signal.SIGKILL, None, True),
+    "fsync 6 KILL": (-signal.SIGKILL, None, False),    # after epoch 1's checkpoint is in place
+    "replace 3 KILL": (-signal.SIGKILL, None, True),   # metrics, no checkpoint: --overwrite
+    "replace 4 KILL": (-signal.SIGKILL, None, True),
+    "fsync 7 KILL": (-signal.SIGKILL, None, True),
     "step 1 KILL": (-signal.SIGKILL, None, False),
     "step 60 KILL": (-signal.SIGKILL, None, False),
     "step 44 INT": (128 + signal.SIGINT, "interrupted (SIGINT) after epoch 1; saved", False),
     "step 43 INT": (128 + signal.SIGINT, "interrupted (SIGINT) at step 43; saved", False),
     "fsync 3 TERM": (128 + signal.SIGTERM, "after epoch 1; saved", False),
     "compile 2 TERM": (128 + signal.SIGTERM, "before training began", False),
-    "step 88 INT": (128 + signal.SIGINT, "at step 88; saved", False),
+    "step 88 INT": (128 + signal.SIGINT, "after the last epoch; ", False),  # its last step
     "fsync 7 INT": (128 + signal.SIGINT, "after the last epoch;", False),
     "plot 1 INT": (128 + signal.SIGINT, "after the last epoch;", False),
 }
@@ -625,3 +632,22 @@ def test_early_stop_ends_the_run_when_validation_stops_improving(cli, tmp_path, 
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     code, out, _ = cli("--out", tmp_path, "--resume", "--epochs", 8)
     assert code == 0 and "early stop" in out and "epoch   5" not in out
+
+
+def test_an_overwrite_killed_before_its_first_checkpoint_leaves_no_mixed_run(tmp_path):
+    """The data loss this guards against: a new run into another run's --out, killed between
+    its first metrics and its first checkpoint, then resumed, continued the old checkpoint
+    with the old metrics gone. Now the new run must say --overwrite, which removes the old
+    checkpoint before it writes its metrics: --resume then finds none and says so."""
+    old = tmp_path / "run"
+    old.mkdir()
+    save_checkpoint(old / T.CHECKPOINT, {"step": np.int32(440)}, {"seed": 7})
+    (old / T.METRICS).write_text('{"epoch": 10, "step": 440}\n')
+    assert _child(old).returncode == 2  # refused: it holds another run
+    proc = _child(old, "--overwrite", kill="replace 3 KILL")  # metrics in, checkpoint not
+    assert proc.returncode == -signal.SIGKILL
+    assert not (old / T.CHECKPOINT).exists()
+    assert [json.loads(line)["epoch"] for line in (old / T.METRICS).read_text()
+            .splitlines()] == [1]
+    proc = _child(old, "--resume")
+    assert proc.returncode == 2 and "start it again with --overwrite" in proc.stderr
