@@ -7,7 +7,7 @@ import pytest
 
 from jcnn.bench import harness as bench
 from jcnn.cli import bench as command
-from jcnn.cli import main
+from jcnn.cli import UsageError, main
 
 
 def _check_rows(rows, impls, ops):
@@ -83,7 +83,7 @@ def test_round_ratios_pair_each_round_with_the_baseline_s_same_round():
 
 
 def test_torch_modes_are_checked():
-    with pytest.raises(SystemExit, match="--torch takes none"):
+    with pytest.raises(UsageError, match="--torch takes none"):
         command._torch_modes("eager,jit", smoke=False)
 
 

@@ -1,14 +1,22 @@
 """`jcnn train | verify | bench | predict | evaluate`: each subcommand lives in its own module
 of this package (`jcnn.cli.train`, `jcnn.cli.verify`, ...), which exposes `configure(parser)` to
 add its options and `run(args) -> int` to do the work. Modules are imported only when their
-subcommand runs, so `jcnn verify` never loads optax or matplotlib."""
+subcommand runs, so `jcnn verify` never loads optax or matplotlib.
+
+Every command reports a user error in one line on stderr, `jcnn CMD: message`, naming the
+file or option and the reason, with no traceback (`--debug` shows it): exit 2 for usage
+errors (argparse's, and `UsageError`), 1 for runtime failures (the library's `ValueError`s and
+`OSError`s: a bad or missing file, a full disk), 128 + the signal's number for an interrupt."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import math
+import signal
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 COMMANDS = {
     "train": ("jcnn.cli.train", "train a CNN with the hand-derived gradients"),
@@ -18,6 +26,34 @@ COMMANDS = {
     "predict": ("jcnn.cli.predict", "label images with a trained run"),
     "evaluate": ("jcnn.cli.evaluate", "a trained run's test accuracy and confusion matrix"),
 }
+# what `pip install 'jcnn[train]'` adds; a command that needs one of them says so when it is missing
+TRAIN_EXTRA = ("optax", "tqdm", "matplotlib")
+
+
+class UsageError(Exception):
+    """Options that cannot work together, or an --out that does not fit the command: exit 2."""
+
+
+def positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a finite number > 0 (>= 0 with `zero`) of `kind`, else a usage error
+    naming the value."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (math.isfinite(value) and (value >= 0 if zero else value > 0)):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if zero else '>'} 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are one line too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def output_file(text: str) -> Path:
@@ -32,41 +68,51 @@ def output_file(text: str) -> Path:
     return path
 
 
-def option_checks(parser: argparse.ArgumentParser, keys: Iterable[str]
-                  ) -> dict[str, Callable[[Any], Optional[str]]]:
-    """For each of `keys` (option dests), a check that a value read back from a file (a saved
-    config) is one the option could have given: in its choices, of its type and accepted by
-    it (`_positive` refuses -1). The check returns what is wrong, or None."""
-    actions = {a.dest: a for a in parser._actions}
+def describe(error: BaseException) -> str:
+    """One line for an error: an OSError as `file: reason`, others as their message."""
+    if isinstance(error, OSError) and error.strerror:
+        text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
 
-    def check(action: argparse.Action) -> Callable[[Any], Optional[str]]:
-        def problem(value) -> Optional[str]:
-            if action.choices is not None:
-                return None if value in action.choices else \
-                    f"not one of {', '.join(map(str, action.choices))}"
-            if action.type is None:  # a flag (bool) or a plain string
-                kind = bool if isinstance(action.const, bool) else str
-                return None if type(value) is kind else f"not a {kind.__name__}"
-            try:
-                parsed = action.type(str(value))
-            except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
-                return f"not a valid {action.option_strings[0]} ({e})"
-            if type(value) is bool or parsed != value:  # "5" for an int, 2.5 for an int
-                return f"not a valid {action.option_strings[0]} (a {type(value).__name__})"
-            return None
-        return problem
-    return {key: check(actions[key]) for key in keys}
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("jcnn")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="jcnn", description=__doc__.split(":")[0])
+    parser = _Parser(prog="jcnn", description=__doc__.split(":")[0])
+    parser.add_argument("--version", action="version", version=f"jcnn {_version()}")
+    debug_help = "on an error, show the traceback instead of one line"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True,
                                 metavar="{" + ",".join(COMMANDS) + "}")
-    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    chosen = next((a for a in argv if not a.startswith("-")), None)  # the subcommand
+    debug = "--debug" in argv
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
         if name == chosen:
-            importlib.import_module(module).configure(p)
+            try:
+                importlib.import_module(module).configure(p)
+            except ModuleNotFoundError as e:
+                if debug or (e.name or "").split(".")[0] not in TRAIN_EXTRA:
+                    raise
+                print(f"jcnn {name}: needs {e.name}, which is not installed: "
+                      f"pip install 'jcnn[train]'", file=sys.stderr)
+                return 1
     args = parser.parse_args(argv)
-    return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
+    except (UsageError, ValueError, OSError, KeyboardInterrupt) as e:
+        if args.debug:
+            raise
+        print(f"jcnn {args.command}: " + ("interrupted" if isinstance(e, KeyboardInterrupt)
+                                           else describe(e)), file=sys.stderr)
+        return (2 if isinstance(e, UsageError) else
+                128 + signal.SIGINT if isinstance(e, KeyboardInterrupt) else 1)

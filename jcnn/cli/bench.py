@@ -22,7 +22,7 @@ import jcnn
 from jcnn import reference
 from jcnn.bench.harness import OP_CASES, bench_op, bench_step, environment
 from jcnn.bench.models import DTYPES, MODELS
-from jcnn.cli import output_file
+from jcnn.cli import UsageError, output_file, positive
 from jcnn.train.atomic import atomic_open
 
 HANDS = {"jcnn": jcnn, "reference": reference}
@@ -38,7 +38,7 @@ def _torch_modes(arg: Optional[str], smoke: bool) -> tuple[str, ...]:
     modes = () if arg == "none" else tuple(arg.split(","))
     unknown = set(modes) - set(TORCH_MODES)
     if unknown:
-        raise SystemExit(f"jcnn bench: --torch takes none or a comma list of "
+        raise UsageError(f"--torch takes none or a comma list of "
                          f"{', '.join(TORCH_MODES)}; got {', '.join(sorted(unknown))}")
     return modes
 
@@ -46,14 +46,15 @@ def _torch_modes(arg: Optional[str], smoke: bool) -> tuple[str, ...]:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", nargs="+", choices=sorted(MODELS), default=None,
                         help="models to time (default: all; lenet under --smoke)")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, metavar="B", help="batch sizes for "
-                        "every model (default: " + "; ".join(
+    parser.add_argument("--batch-sizes", nargs="+", type=positive(int), metavar="B",
+                        help="batch sizes for every model (default: " + "; ".join(
                             f"{k} {' '.join(map(str, v.batch_sizes))}" for k, v in MODELS.items())
                         + "; e.g. 1024 8192 on a GPU)")
     parser.add_argument("--dtype", nargs="+", choices=sorted(DTYPES), default=None,
                         help="compute dtypes, params stay float32 (default: both)")
-    parser.add_argument("--repeats", type=int, default=30, help="timed runs per path (default 30)")
-    parser.add_argument("--rounds", type=int, default=5,
+    parser.add_argument("--repeats", type=positive(int), default=30,
+                        help="timed runs per path (default 30)")
+    parser.add_argument("--rounds", type=positive(int), default=5,
                         help="interleaving rounds the runs are split into (default 5)")
     parser.add_argument("--torch", metavar="MODES", help="PyTorch rows: comma list of "
                         f"{', '.join(TORCH_MODES)}, or none (default: all when torch imports)")

@@ -21,7 +21,7 @@ import os
 import stat
 import zipfile
 import zlib
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Iterator, Optional
 
 import jax
 import numpy as np
@@ -154,22 +154,13 @@ def load_checkpoint(path: str | os.PathLike, like, *, strict: bool = True):
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
-def read_config(path: str | os.PathLike,
-                required: Optional[Mapping[str, Callable[[Any], Optional[str]]]] = None) -> dict:
-    """The config dict saved with the checkpoint at `path`. `required` maps each key the
-    config must hold to a check of its value that returns what is wrong with it, or None."""
+def read_config(path: str | os.PathLike) -> dict:
+    """The config dict saved with the checkpoint at `path`."""
     with _opened(path) as data:
         config = _json(path, data, _CONFIG)
     if not isinstance(config, dict):
         raise CheckpointError(f"checkpoint {path}: the config is a {type(config).__name__}, "
                               f"not a JSON object")
-    for key, check in (required or {}).items():
-        if key not in config:
-            raise CheckpointError(f"checkpoint {path}: the saved config has no {key!r}")
-        problem = check(config[key])
-        if problem:
-            raise CheckpointError(f"checkpoint {path}: the saved config's {key} "
-                                  f"{config[key]!r}: {problem}")
     return config
 
 

@@ -22,16 +22,18 @@ def _save(fig: Figure, path: str | os.PathLike) -> None:
 
 def plot_curves(records: Sequence[dict], path: str | os.PathLike) -> None:
     """Loss (train and test) and test accuracy per epoch, from `metrics.jsonl` records
-    (dicts with `epoch`, `train_loss`, `test_loss`, `test_accuracy`)."""
+    (dicts with `epoch`, `train_loss`, `test_loss`, `test_accuracy`; or `val_loss` and
+    `val_accuracy` for a run with a validation set, plotted instead)."""
     epochs = [r["epoch"] for r in records]
+    on = "val" if records and "val_loss" in records[0] else "test"
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss, acc = fig.subplots(1, 2)
     loss.plot(epochs, [r["train_loss"] for r in records], "o-", label="train")
-    loss.plot(epochs, [r["test_loss"] for r in records], "s-", label="test")
+    loss.plot(epochs, [r[f"{on}_loss"] for r in records], "s-", label=on)
     loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
     loss.legend()
-    acc.plot(epochs, [100 * r["test_accuracy"] for r in records], "s-", color="C1")
-    acc.set(xlabel="epoch", ylabel="%", title="test accuracy")
+    acc.plot(epochs, [100 * r[f"{on}_accuracy"] for r in records], "s-", color="C1")
+    acc.set(xlabel="epoch", ylabel="%", title=f"{'validation' if on == 'val' else on} accuracy")
     for ax in (loss, acc):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

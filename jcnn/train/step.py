@@ -9,11 +9,15 @@
 The gradient mode is the model's `ops`: with `jcnn` ops `jax.value_and_grad` runs the hand
 rules, with `jcnn.reference` ops the same call is JAX's own autodiff. Build the model and the
 step with the same `ops` (the step takes its loss from it).
+
+`make_train_step(..., augment=random_crops(pad, flip))` augments each batch inside the step
+from the step's own key, so an augmented run is as seeded and as exactly resumable as a plain
+one; `decoupled_weight_decay` adds AdamW's decay to any optax optimiser.
 """
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -54,11 +58,49 @@ def _forward(model: Layer, compute_dtype, params, state, x, *, train: bool, key=
     return logits.astype(master), state
 
 
+def random_crops(pad: int, flip: bool = False) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """`augment(key, images) -> images`: each image (N, H, W, C) shifted by up to `pad` pixels
+    each way, the border filled with zeros (a random H x W crop of the image padded by `pad`),
+    and with `flip` mirrored left-right with probability 1/2."""
+    def augment(key, images):
+        n, h, w, c = images.shape
+        shift_key, flip_key = jax.random.split(key)
+        corners = jax.random.randint(shift_key, (n, 2), 0, 2 * pad + 1)
+        padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+        crop = jax.vmap(lambda image, yx: jax.lax.dynamic_slice(
+            image, (yx[0], yx[1], 0), (h, w, c)))(padded, corners)
+        if not flip:
+            return crop
+        mirror = jax.random.bernoulli(flip_key, 0.5, (n, 1, 1, 1))
+        return jnp.where(mirror, crop[:, :, ::-1], crop)
+    return augment
+
+
+def decoupled_weight_decay(rate: float, schedule: optax.Schedule
+                           ) -> optax.GradientTransformation:
+    """Chained after an optimiser: subtracts `schedule(step) * rate * w` from the update of
+    every kernel w (params of 2 or more dims; biases and norm scales are not decayed), as AdamW
+    does, whatever the optimiser did to the gradient."""
+    def init(params):
+        return optax.ScaleByScheduleState(count=jnp.zeros((), jnp.int32))
+
+    def update(updates, state, params):
+        lr = schedule(state.count)
+        updates = jax.tree_util.tree_map(
+            lambda u, w: u - (lr * rate * w).astype(u.dtype) if w.ndim >= 2 else u,
+            updates, params)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+    return optax.GradientTransformation(init, update)
+
+
 def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
-                    ops: ModuleType = jcnn, compute_dtype=None, mesh=None
+                    ops: ModuleType = jcnn, compute_dtype=None, mesh=None,
+                    augment: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None
                     ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
     """`step(ts, images, labels) -> (ts, loss)`: one optimiser step on the mean
-    `ops.softmax_cross_entropy` of a batch, images (N, H, W, C) float, labels (N,) int.
+    `ops.softmax_cross_entropy` of a batch, images (N, H, W, C) float, labels (N,) int;
+    `augment(key, images)` (e.g. `random_crops`) first, with a key of its own drawn from the
+    step's.
 
     jit-compiled with `ts` donated (its buffers are reused: do not touch the old `ts` after the
     call). The batch is split across `mesh` (default: every device), `ts` is replicated.
@@ -72,6 +114,9 @@ def make_train_step(model: Layer, optimizer: optax.GradientTransformation, *,
 
     def step(ts: TrainState, images, labels):
         key = jax.random.fold_in(jax.random.wrap_key_data(ts.key), ts.step)
+        if augment is not None:
+            key, augment_key = jax.random.split(key)
+            images = augment(augment_key, images)
         (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             ts.params, ts.state, images, labels, key)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
