@@ -61,8 +61,8 @@ def test_a_planted_wrong_rule_fails_the_grid(monkeypatch, capsys):
 
 
 def test_unknown_op_is_refused(capsys):
-    assert verify.run(_args("--op", "conv3d")) == 2
-    assert "conv3d" in capsys.readouterr().err
+    assert verify.run(_args("--op", "conv4d")) == 2
+    assert "conv4d" in capsys.readouterr().err
 
 
 def test_cli_exit_code_and_second_order():
