@@ -12,9 +12,9 @@ autodiff of a convolution. The maps take any number of spatial axes: their dimen
 are built from the rank (`_layouts`), so conv1d, conv2d and conv3d share them (the names keep
 the 2-D case the derivation shows). Each map here is its plain rule, one
 `lax.conv_general_dilated`; where a 2-D computation is lowered for CPU, `jcnn/forms/conv.py`
-computes some shapes another
-way (a sum over the taps for one input channel, kernel rows, eight padded channels, the filter
-gradient in batch chunks or as one matmul for a 1x1 kernel): the same maps, faster there.
+computes some shapes another way (a sum over the taps for one input channel, kernel rows, eight
+padded channels, the filter gradient in batch chunks or as one matmul for a 1x1 kernel): the
+same maps, faster there.
 
 `padding_mode` ("reflect", "replicate", "circular") pads x by its own hand-ruled op
 (`jcnn/padding.py`) and then runs the unpadded convolution.
@@ -202,11 +202,10 @@ def _transpose(op, axes, x, w, b, stride, padding, output_padding, dilation, gro
 
 def _used_padding(cfg: ConvConfig, in_hw, out_hw, k_hw) -> ConvConfig:
     """The conv from `in_hw` to `out_hw` (any number of axes) with its end padding set to what
-    its last
-    window uses: `(out-1)*s + d*(k-1) + 1 - in - top`, which may be negative. For conv2d this
-    cuts the input rows that the stride leaves unreached (they get no gradient, and the filter
-    gradient must not read them); for conv_transpose2d it is `bottom - output_padding`. With it,
-    each map below produces exactly its target's shape and needs no shape passed in."""
+    its last window uses: `(out-1)*s + d*(k-1) + 1 - in - top`, which may be negative. For a
+    conv this cuts the input rows that the stride leaves unreached (they get no gradient, and the
+    filter gradient must not read them); for a conv_transpose it is `bottom - output_padding`.
+    With it, each map below produces exactly its target's shape and needs no shape passed in."""
     pads = tuple((lo, (o - 1) * s + d * (k - 1) + 1 - n - lo) for n, o, k, s, d, (lo, _) in
                  zip(in_hw, out_hw, k_hw, cfg.stride, cfg.dilation, cfg.pads))
     return cfg._replace(pads=pads)
