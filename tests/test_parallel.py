@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
-import json
+import contextlib, io, json
 from itertools import islice
 
 import jax, numpy as np, optax
@@ -52,10 +52,10 @@ try:
     check_batch_size(6, data_mesh())
 except ValueError as e:
     result["error"] = str(e)
-try:
-    main(["train", "--batch-size", "30", "--epochs", "1"])
-except SystemExit as e:
-    result["cli_error"] = str(e)
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    result["cli_code"] = main(["train", "--batch-size", "30", "--epochs", "1"])
+result["cli_error"] = err.getvalue()
 print(json.dumps(result))
 """
 
@@ -78,3 +78,4 @@ def test_four_devices_give_the_single_device_losses():
     assert result["error"] == ("batch size 6 is not divisible by the 4 devices JAX sees; "
                                "use a multiple of 4")
     assert "--batch-size 30" in result["cli_error"] and "multiple of 4" in result["cli_error"]
+    assert result["cli_code"] == 2 and len(result["cli_error"].splitlines()) == 1
