@@ -59,6 +59,26 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+# Most tests compare the values of many small programs, each compiled once: LLVM's optimisation
+# of them is much of their cost and changes none of their values (XLA's HLO passes, and with
+# them the forms and fusions the HLO tests read, still run). They compile with
+# `jax_disable_most_optimizations`; the modules that run long programs (training, benchmarks,
+# the XLA flag sweep) keep the optimisations.
+OPTIMISED = {"test_train", "test_trained", "test_norm_model", "test_parallel", "test_multihost",
+             "test_bench", "test_xla_cpu_flags", "test_cli_faults", "test_model_check"}
+
+
+@pytest.fixture(autouse=True)
+def _unoptimised_compiles(request):
+    if request.module.__name__ in OPTIMISED:
+        yield
+        return
+    was = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", was)
+
+
 @pytest.fixture
 def key(request):
     """A PRNG key that differs per test but is fixed across runs."""

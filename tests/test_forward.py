@@ -82,8 +82,15 @@ def _maybe_jit(f, jit, **kw):
     return jax.jit(f, **kw) if jit else f
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("name", list(CASES))
+def _jit_or_slow_eager(names) -> list:
+    """(name, jit) pairs: every name jitted; eagerly only the model by default (the per-op
+    eager runs, the same rules dispatched op by op, with --runslow)."""
+    return [pytest.param(n, j, id=f"{n}-{'jit' if j else 'eager'}",
+                         marks=[pytest.mark.slow] if not j and n != "model" else [])
+            for n in names for j in (False, True)]
+
+
+@pytest.mark.parametrize("name, jit", _jit_or_slow_eager(list(CASES)))
 def test_jvp_matches_jax_jvp_of_the_reference(name, jit, rng):
     f, ref, primals, tangents = _args(name, rng)
     got = _maybe_jit(lambda p, t: jcnn.jvp(f, p, t), jit)(primals, tangents)
@@ -106,9 +113,8 @@ def test_linearize_matches_jax_linearize(name, jit, rng):
 
 
 @pytest.mark.parametrize("argnums", ["first", "all"])
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
-@pytest.mark.parametrize("name", ["conv2d", "dense", "relu", "max_pool2d", "batch_norm",
-                                  "softmax_cross_entropy", "model"])
+@pytest.mark.parametrize("name, jit", _jit_or_slow_eager(
+    ["conv2d", "dense", "relu", "max_pool2d", "batch_norm", "softmax_cross_entropy", "model"]))
 def test_jacfwd_matches_jax_jacfwd(name, jit, argnums, rng):
     f, ref, primals, _ = _args(name, rng)
     nums = 0 if argnums == "first" else _float_argnums(primals)

@@ -26,10 +26,10 @@ def bn_args(*shape, seed=0):
 
 
 CASES = [  # (x shape, eps)
-    pytest.param((8, 5), 1e-5, id="NC"),
+    pytest.param((8, 5), 1e-5, id="NC", marks=pytest.mark.slow),
     pytest.param((3, 4, 4, 2), 1e-5, id="NHWC"),
     pytest.param((1, 3, 3, 2), 1e-5, id="N1-spatial"),
-    pytest.param((2, 5, 3), 0.5, id="NLC-large-eps"),
+    pytest.param((2, 5, 3), 0.5, id="NLC-large-eps", marks=pytest.mark.slow),
     pytest.param((1, 2, 3, 2), 0.0, id="N1-spatial-eps0"),
 ]
 
@@ -222,12 +222,13 @@ def test_bad_input_is_refused_naming_the_argument(args, kwargs, error, words):
     assert all(word in str(raised.value) for word in words), str(raised.value)
 
 
-LN_CASES = [  # (x shape, eps): statistics per row, over the last axis
-    pytest.param((5,), 1e-5, id="C"),
+LN_CASES = [  # (x shape, eps): statistics per row, over the last axis; --runslow runs all,
+    # the default run the cases that the grid (jcnn verify) and the matrix do not
+    pytest.param((5,), 1e-5, id="C", marks=pytest.mark.slow),
     pytest.param((8, 5), 1e-5, id="NC"),
     pytest.param((3, 4, 4, 2), 1e-5, id="NHWC"),
     pytest.param((2, 5, 3), 0.5, id="NLC-large-eps"),
-    pytest.param((4, 3), 0.0, id="eps0"),
+    pytest.param((4, 3), 0.0, id="eps0", marks=pytest.mark.slow),
     pytest.param((4, 1), 1e-3, id="one-channel-zero-variance"),
 ]
 
@@ -284,9 +285,9 @@ def test_layer_norm_rows_are_independent_and_each_is_normalised():
 GN_CASES = [  # (x shape, groups, eps)
     pytest.param((2, 3, 3, 6), 3, 1e-5, id="NHWC-3-groups"),
     pytest.param((2, 3, 3, 6), 6, 1e-5, id="instance-norm"),
-    pytest.param((2, 3, 3, 6), 1, 1e-5, id="one-group"),
-    pytest.param((3, 4, 4), 2, 0.5, id="NLC-large-eps"),
-    pytest.param((2, 5, 2), 2, 0.0, id="eps0"),
+    pytest.param((2, 3, 3, 6), 1, 1e-5, id="one-group", marks=pytest.mark.slow),
+    pytest.param((3, 4, 4), 2, 0.5, id="NLC-large-eps", marks=pytest.mark.slow),
+    pytest.param((2, 5, 2), 2, 0.0, id="eps0", marks=pytest.mark.slow),
 ]
 
 
@@ -348,9 +349,9 @@ def test_group_norm_of_an_empty_batch_is_empty_with_zero_parameter_gradients():
 # ------------------------------------------------------------ batch_norm in evaluation mode
 
 EVAL_CASES = [  # (x shape, eps, kinks): statistics given, not computed from x
-    pytest.param((8, 5), 1e-5, False, id="NC"),
+    pytest.param((8, 5), 1e-5, False, id="NC", marks=pytest.mark.slow),
     pytest.param((3, 4, 4, 2), 0.1, False, id="NHWC-eps0.1"),
-    pytest.param((1, 1, 1, 3), 0.0, False, id="one-element-eps0"),
+    pytest.param((1, 1, 1, 3), 0.0, False, id="one-element-eps0", marks=pytest.mark.slow),
     pytest.param((2, 3, 3, 2), 1e-3, True, id="kinks-x-on-mean-and-ties"),
 ]
 

@@ -185,8 +185,10 @@ def _signal_on_call(monkeypatch, owner, name, signum=signal.SIGINT):
 
 @pytest.mark.parametrize("phase, says, step", [
     ("compile", "interrupted (SIGINT) before training began; nothing was saved", None),
-    ("evaluate", "interrupted (SIGINT) after the last epoch; ", 44),  # the run's last epoch
-    ("plot", "interrupted (SIGINT) after the last epoch; ", 44),
+    pytest.param("evaluate", "interrupted (SIGINT) after the last epoch; ", 44,  # the last
+                 marks=pytest.mark.slow),  # epoch; compile's is the default run's phase
+    pytest.param("plot", "interrupted (SIGINT) after the last epoch; ", 44,
+                 marks=pytest.mark.slow),
 ])
 def test_a_signal_in_any_phase_ends_with_a_message_and_a_usable_checkpoint(
         phase, says, step, cli, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ flags = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(flags)
 
 
+@pytest.mark.slow  # 13-60 s of subprocesses; the unit tests below run by default
 def test_quick_run_reports_each_setting(tmp_path, capsys, monkeypatch):
     """Default, fast-math (run and its difference reported, whatever it is) and a flag this
     jaxlib does not know (a row saying the subprocess failed), on a tiny LeNet step."""
