@@ -65,7 +65,7 @@ def test_cross_entropy_matches_the_loops(shape):
     np.testing.assert_allclose(pull(jnp.asarray(0.7))[0], d, rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("eps", [0.1, 0.5, 1.0])
+@pytest.mark.parametrize("eps", [0.1, pytest.param(0.5, marks=pytest.mark.slow), 1.0])
 @pytest.mark.parametrize("shape", [(5, 4), (2, 3, 4)], ids=["5x4", "2x3x4"])
 def test_label_smoothing_matches_autodiff_the_loops_and_pytorchs_definition(shape, eps):
     """Targets (1 - eps) onehot + eps / C: against autodiff of the reference (first and second

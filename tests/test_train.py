@@ -66,8 +66,9 @@ def tiny_bn_net(num_classes, ops):
 
 
 @pytest.mark.parametrize("build", [
-    tiny_lenet, tiny_bn_net, lambda n, ops: models.resnet(n, 8, width=4, ops=ops),
-], ids=["lenet", "batch-norm", "resnet8"])
+    tiny_lenet, tiny_bn_net,
+    pytest.param(lambda n, ops: models.resnet(n, 8, width=4, ops=ops), marks=pytest.mark.slow),
+], ids=["lenet", "batch-norm", "resnet8"])  # resnet8's convs and norms: lenet's and batch-norm's
 def test_hand_rules_and_autodiff_give_the_same_curve_in_float64(build, digits):
     optimizer = optax.sgd(0.05, momentum=0.9)
     runs = [_train(build(10, ops=ops), ops, optimizer, digits, 6, dtype=jnp.float64, bs=16)
