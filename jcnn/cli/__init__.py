@@ -5,8 +5,9 @@ subcommand runs, so `jcnn verify` never loads optax or matplotlib.
 
 Every command reports a user error in one line on stderr, `jcnn CMD: message`, naming the
 file or option and the reason, with no traceback (`--debug` shows it): exit 2 for usage
-errors (argparse's, and `UsageError`), 1 for runtime failures (the library's `ValueError`s and
-`OSError`s: a bad or missing file, a full disk), 128 + the signal's number for an interrupt."""
+errors (argparse's, and `UsageError`), 1 for runtime failures (the library's `ValueError`s,
+`TypeError`s and `OSError`s: a bad or missing file, images of the wrong dtype, a full disk),
+128 + the signal's number for an interrupt."""
 from __future__ import annotations
 
 import argparse
@@ -109,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
-    except (UsageError, ValueError, OSError, KeyboardInterrupt) as e:
+    except (UsageError, ValueError, TypeError, OSError, KeyboardInterrupt) as e:
         if args.debug:
             raise
         print(f"jcnn {args.command}: " + ("interrupted" if isinstance(e, KeyboardInterrupt)

@@ -29,12 +29,9 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, classes: int) ->
 def run(args) -> int:
     from jcnn.train.data import load_dataset
     from jcnn.train.trained import load_trained
-    try:
-        trained = load_trained(args.path)
-        data = load_dataset(args.data or trained.config["data"], args.data_dir)
-        predicted = trained.predict(data.test_images)
-    except (ValueError, TypeError, OSError) as e:
-        raise SystemExit(f"jcnn evaluate: {e}") from None
+    trained = load_trained(args.path)
+    data = load_dataset(args.data or trained.config["data"], args.data_dir)
+    predicted = trained.predict(data.test_images)
     labels, classes = data.test_labels.astype(np.int64), trained.config["num_classes"]
     matrix = confusion_matrix(labels, predicted.astype(np.int64), classes)
     correct = int(np.trace(matrix))

@@ -36,11 +36,7 @@ def read_images(path: Path) -> np.ndarray:
 def run(args) -> int:
     from jcnn.train.atomic import atomic_open
     from jcnn.train.trained import load_trained
-    try:
-        trained = load_trained(args.path)
-        labels = trained.predict(read_images(args.images))
-    except (ValueError, TypeError, OSError) as e:
-        raise SystemExit(f"jcnn predict: {e}") from None
+    labels = load_trained(args.path).predict(read_images(args.images))
     if args.out is None:
         sys.stdout.writelines(f"{label}\n" for label in labels)
     else:
