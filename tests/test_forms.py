@@ -51,6 +51,10 @@ FORM_CASES = [
     ("1x1-matmul-dw", (3, 7, 7, 4), (1, 1, 4, 5), dict(stride=(2, 3), padding=1, dilation=3),
      ("eight", None, "matmul")),
     ("chunked-dw", (37, 6, 5, 2), (3, 3, 2, 4), dict(padding=1), (None, None, "chunks")),
+    ("phases-dx", (2, 16, 16, 12), (3, 3, 12, 20), dict(stride=2, padding=1),
+     (None, "phases", None)),
+    ("phases-dx-uneven", (2, 17, 16, 10), (3, 2, 10, 6),
+     dict(stride=(2, 3), padding=((1, 2), (0, 1))), (None, "phases", None)),
 ]
 
 
@@ -212,6 +216,28 @@ def test_nan_reaches_the_outputs_it_reaches_in_the_plain_convolution(x_shape, w_
     want = reference.conv2d(jnp.asarray(x), jnp.asarray(w), **kw)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(want))
     assert 0 < np.isnan(want).sum() < want.size
+
+
+@pytest.mark.parametrize("x_hw, k_hw, stride, padding", [
+    ((8, 8), (3, 3), (2, 2), ((1, 1), (1, 1))), ((7, 9), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((9, 8), (5, 4), (3, 2), ((2, 0), (1, 3))), ((6, 7), (1, 1), (2, 2), ((0, 0), (0, 0))),
+    ((5, 10), (2, 3), (3, 4), ((1, 1), (2, 0))), ((8, 6), (4, 1), (2, 1), ((3, 0), (0, 0))),
+])
+@pytest.mark.parametrize("poison", [None, "corner", "centre"])
+def test_the_phase_form_gives_the_plain_input_gradient_and_its_nan(x_hw, k_hw, stride, padding,
+                                                                    poison):
+    """The strided input gradient by phases (called directly, so whatever its predicate says):
+    the plain rule's values, and with a NaN tap exactly the plain rule's NaN outputs (a phase's
+    reads past g's ends must not multiply the NaN by padding zeros)."""
+    _, w, cfg, g = conv_case((2, *x_hw, 3), (*k_hw, 3, 4), dict(stride=stride, padding=padding))
+    if poison:
+        w = w.at[(0, 0) if poison == "corner" else (k_hw[0] // 2, k_hw[1] // 2)].set(jnp.nan)
+    w_t, pads = conv._flipped(cfg, w)
+    want = conv._spread_correlate(cfg, pads, g, w_t)
+    got = conv_forms._by_phases(cfg.stride, pads, g, w_t)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    if poison:
+        assert 0 < np.isnan(want).sum() < want.size
 
 
 @pytest.mark.parametrize("_, x_shape, w_shape, kw, forms", FORM_CASES,

@@ -12,7 +12,7 @@ rule.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ from jcnn.forms import static_batch
 
 Array = jax.Array
 _NHWC = ("NHWC", "HWIO", "NHWC")
+_NHWOI = ("NHWC", "HWOI", "NHWC")
 
 
 def forward(cfg, x: Array, w: Array, plain: Callable) -> Optional[Callable]:
@@ -40,13 +41,15 @@ def forward(cfg, x: Array, w: Array, plain: Callable) -> Optional[Callable]:
 
 
 def input_gradient(cfg, g: Array, hwoi: Array, pads) -> Optional[Callable]:
-    """The CPU form of dx, the correlation of the cotangent g with the flipped kernel `hwoi`
-    (HWOI: its O axis is dx's channels) padded by `pads`, or None."""
+    """The CPU form of dx, the correlation of the cotangent g (spread out by the stride) with
+    the flipped kernel `hwoi` (HWOI: its O axis is dx's channels) padded by `pads`, or None."""
     if not _two_d_static(g):
         return None
     kh, kw, c, o = hwoi.shape
     if _rows_pay(cfg, g, (kh, kw, o, c)):
         return lambda g, hwoi: _by_kernel_rows(g, jnp.swapaxes(hwoi, 2, 3), pads)
+    if _phases_pay(cfg, g, hwoi):
+        return partial(_by_phases, cfg.stride, pads)
     return None
 
 
@@ -80,6 +83,16 @@ def _rows_pay(cfg, x: Array, hwio_shape) -> bool:
     kh, _, c, o = hwio_shape
     return (cfg.groups == 1 and cfg.stride == cfg.dilation == (1, 1) and kh > 1 and c >= 8
             and 3 <= o <= 7 and x.shape[1] * x.shape[2] >= 196)
+
+
+def _phases_pay(cfg, g: Array, hwoi: Array) -> bool:
+    """Strided, ungrouped, undilated, kernel wider than 1x1, into 9 to 16 channels over >= 256
+    pixels or into >= 2**22 values: XLA:CPU's convolution with input dilation (the stride's
+    spread) slows down faster than its size grows, the phases' stride-1 ones do not."""
+    (sh, sw), (kh, kw, c, _) = cfg.stride, hwoi.shape
+    pixels = g.shape[1] * sh * g.shape[2] * sw
+    return (cfg.groups == 1 and cfg.dilation == (1, 1) and (sh, sw) != (1, 1) and kh * kw > 1
+            and (9 <= c <= 16 and pixels >= 256 or g.shape[0] * pixels * c >= 2 ** 22))
 
 
 def _eight_channels_pay(cfg, x: Array, w: Array) -> bool:
@@ -174,6 +187,66 @@ def _by_kernel_rows(x: Array, w: Array, pads) -> Array:
         return sum(z[:, i:i + oh, :, i] for i in range(kh))
     y = rows_summed(x) if x.shape[0] <= 128 else batch_loop(rows_summed, x, 32)
     return y.astype(x.dtype)
+
+
+def _by_phases(stride, pads, g: Array, hwoi: Array) -> Array:
+    """The input gradient of a strided conv split by the phase of its rows and columns: the
+    dx pixels p = s*a + r of one phase r read only the taps i = r + top - s*e (e = 0, 1, ...
+    where 0 <= i < k), so each phase is a stride-1 correlation of g with those taps, no
+    spread zeros multiplied (`_Phase`), and dx interleaves the s_h * s_w phase outputs.
+
+    Where a phase's outer rows read past g's ends, the padding is the convolution's own (negative
+    padding, cut off, is a slice): XLA's convolution multiplies no padding, so a NaN or inf tap
+    reaches the outputs it reaches in the plain rule."""
+    axes = [[_Phase.of(o, k, s, k - 1 - lo, k - 1 - hi, r) for r in range(s)]
+            for o, k, s, (lo, hi) in zip(g.shape[1:3], hwoi.shape[:2], stride, pads)]
+    rows = tuple(max(p.rows for p in phases) for phases in axes)
+    n, c = g.shape[0], hwoi.shape[2]
+    dx = jnp.stack([jnp.stack([_phase_correlate(g, hwoi, a, b, rows) for b in axes[1]], axis=3)
+                    for a in axes[0]], axis=2)  # N, R, sh, R', sw, C
+    dx = dx.reshape(n, rows[0] * stride[0], rows[1] * stride[1], c)
+    return dx[:, :axes[0][0].length, :axes[1][0].length]
+
+
+class _Phase(NamedTuple):
+    """Phase r of one axis: dx rows p = s*a + r < `length` (`rows` of them) read g rows
+    a + e, e from `first_e` on, through `taps` taps of the flipped kernel from index `first`
+    on, s apart."""
+    length: int
+    g_rows: int
+    s: int
+    rows: int
+    first_e: int
+    taps: int
+    first: int
+
+    @classmethod
+    def of(cls, g_rows: int, k: int, s: int, top: int, bottom: int, r: int) -> "_Phase":
+        # dx row p = s*a + r reads g[y] W[i] where y*s + i - top = p: i = r + top - s*(y - a),
+        # so e = y - a runs from ceil((r + top - k + 1) / s) to floor((r + top) / s); in the
+        # flipped kernel, tap i is index k - 1 - i.
+        length = (g_rows - 1) * s + k - top - bottom
+        first_e, last_e = -(-(r + top - k + 1) // s), (r + top) // s
+        return cls(length, g_rows, s, max(0, -(-(length - r) // s)), first_e,
+                   last_e - first_e + 1, k - 1 - (r + top) + s * first_e)
+
+    def pads(self, rows: int) -> tuple[int, int]:
+        """g's padding (negative: cropping) for `rows` output rows of this phase."""
+        return -self.first_e, rows - 1 + self.first_e + self.taps - 1 - (self.g_rows - 1)
+
+
+def _phase_correlate(g: Array, hwoi: Array, a: _Phase, b: _Phase, rows) -> Array:
+    """Phase (a, b)'s dx, (N, rows[0], rows[1], C): zero where the phase has no taps."""
+    if a.taps <= 0 or b.taps <= 0:
+        return jnp.zeros((g.shape[0], *rows, hwoi.shape[2]), g.dtype)
+    taps = lax.slice(hwoi, (a.first, b.first, 0, 0),
+                     (a.first + a.s * (a.taps - 1) + 1, b.first + b.s * (b.taps - 1) + 1,
+                      *hwoi.shape[2:]), (a.s, b.s, 1, 1))
+    pads = (a.pads(rows[0]), b.pads(rows[1]))
+    cut = tuple(slice(max(0, -lo), n - max(0, -hi)) for (lo, hi), n in zip(pads, g.shape[1:3]))
+    return lax.conv_general_dilated(g[:, cut[0], cut[1]], taps, (1, 1),
+                                    [(max(0, lo), max(0, hi)) for lo, hi in pads],
+                                    dimension_numbers=_NHWOI)
 
 
 def batch_loop(f: Callable, x: Array, size: int) -> Array:
