@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from jcnn.cli.malloc import keep_freed_memory
+
 COMMANDS = {
     "train": ("jcnn.cli.train", "train a CNN with the hand-derived gradients"),
     "verify": ("jcnn.cli.verify",
@@ -27,6 +29,8 @@ COMMANDS = {
     "predict": ("jcnn.cli.predict", "label images with a trained run"),
     "evaluate": ("jcnn.cli.evaluate", "a trained run's test accuracy and confusion matrix"),
 }
+# the commands that train or time steps, for which glibc's malloc keeps freed memory (`malloc.py`)
+KEEP_FREED_MEMORY = ("train", "bench")
 # what `pip install 'jcnn[train]'` adds; a command that needs one of them says so when it is missing
 TRAIN_EXTRA = ("optax", "tqdm", "matplotlib")
 
@@ -95,6 +99,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                 metavar="{" + ",".join(COMMANDS) + "}")
     chosen = next((a for a in argv if not a.startswith("-")), None)  # the subcommand
     debug = "--debug" in argv
+    if chosen in KEEP_FREED_MEMORY:
+        keep_freed_memory()  # before JAX's first computation starts its threads
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
