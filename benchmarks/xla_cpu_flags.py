@@ -221,7 +221,10 @@ def run_setting(cases: list[Case], repeats: int, rounds: int, warmup: int) -> li
 
 
 def _child(path: str) -> None:
-    """The subprocess's side: read the job from `path`, write the results over it."""
+    """The subprocess's side: read the job from `path`, write the results over it. glibc's
+    malloc is set as `jcnn bench` sets it, before JAX starts."""
+    from jcnn.cli.malloc import keep_freed_memory
+    keep_freed_memory()
     with open(path, "rb") as f:
         job = pickle.load(f)
     results = run_setting([Case(*c) for c in job["cases"]], job["repeats"], job["rounds"],
