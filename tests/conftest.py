@@ -16,6 +16,9 @@ import zlib
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the first process of the run: make it
     os.environ.update(JAX_COMPILATION_CACHE_DIR=tempfile.mkdtemp(prefix="jcnn-xla-cache-"),
                       JCNN_TEST_CACHE_OWNER=str(os.getpid()))
+# `jcnn train`/`bench` called in-process would set the test process's malloc for the rest of
+# the run (`jcnn/cli/malloc.py`); tests/test_malloc.py checks it in subprocesses instead.
+os.environ["JCNN_MALLOC"] = "system"
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # cache every compile
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")  # of any size
 # No size bound: a bound makes every write list and stat the whole directory (quadratic: the

@@ -223,7 +223,7 @@ def test_nan_reaches_the_outputs_it_reaches_in_the_plain_convolution(x_shape, w_
     ((9, 8), (5, 4), (3, 2), ((2, 0), (1, 3))), ((6, 7), (1, 1), (2, 2), ((0, 0), (0, 0))),
     ((5, 10), (2, 3), (3, 4), ((1, 1), (2, 0))), ((8, 6), (4, 1), (2, 1), ((3, 0), (0, 0))),
 ])
-@pytest.mark.parametrize("poison", [None, "corner", "centre"])
+@pytest.mark.parametrize("poison", [None, "corner", pytest.param("centre", marks=pytest.mark.slow)])
 def test_the_phase_form_gives_the_plain_input_gradient_and_its_nan(x_hw, k_hw, stride, padding,
                                                                     poison):
     """The strided input gradient by phases (called directly, so whatever its predicate says):

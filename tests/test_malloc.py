@@ -1,5 +1,6 @@
 """`jcnn train` and `jcnn bench` set glibc's malloc to keep freed memory (`jcnn/cli/malloc.py`),
 so that a step's large temporaries stop faulting fresh pages in on every step."""
+import os
 import platform
 import subprocess
 import sys
@@ -33,7 +34,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
 
 
-def faults(mode: str, env: dict = None) -> int:
+def faults(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k != "JCNN_MALLOC"}  # conftest sets it
     out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True,
                          check=True, env=env)
     return int(out.stdout)
