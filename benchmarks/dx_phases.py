@@ -25,7 +25,8 @@ CASES = [(side, c, 2 * c, k, 2) for k in (3, 1) for side in (8, 16, 32, 64)
 
 
 def maps(batch: int, side: int, c: int, o: int, k: int, s: int):
-    """The plain rule and the phase form of this conv's input gradient, jitted, and g, w."""
+    """The plain rule and the phase form of this conv's input gradient, jitted, their operands
+    (g, the flipped kernel) and the conv's config."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, side, side, c), dtype=np.float32)
     w = rng.standard_normal((k, k, c, o), dtype=np.float32)
@@ -36,7 +37,7 @@ def maps(batch: int, side: int, c: int, o: int, k: int, s: int):
     plain = partial(conv._spread_correlate, cfg, pads)
     g = rng.standard_normal(y.shape, dtype=np.float32)
     phases = partial(conv_forms._by_phases, cfg.stride, pads)
-    return jax.jit(plain), jax.jit(phases), (jax.device_put(g), jax.device_put(hwoi))
+    return jax.jit(plain), jax.jit(phases), (jax.device_put(g), jax.device_put(hwoi)), cfg
 
 
 def main() -> None:
@@ -47,17 +48,14 @@ def main() -> None:
     print("batch  side  C -> O(g)  k  plain ms  phases ms  phases / plain  chosen")
     for batch in args.batch_sizes:
         for side, c, o, k, s in CASES:
-            plain, phases, operands = maps(batch, side, c, o, k, s)
+            plain, phases, operands, cfg = maps(batch, side, c, o, k, s)
             np.testing.assert_allclose(phases(*operands), plain(*operands), rtol=2e-4,
                                        atol=2e-4)
             times = bench.interleaved({"plain": lambda: plain(*operands).block_until_ready(),
                                        "phases": lambda: phases(*operands).block_until_ready()},
                                       args.repeats, 4)
             t = {name: 1e3 * float(np.median(v)) for name, v in times.items()}
-            g, hwoi = operands
-            chosen = conv_forms._phases_pay(conv2d_config(np.zeros((1, side, side, c)),
-                                                          np.zeros((k, k, c, o)), None, s,
-                                                          k // 2, 1, 1), g, hwoi)
+            chosen = conv_forms._phases_pay(cfg, *operands)
             print(f"{batch:5d}  {side:4d}  {c:2d} -> {o:3d}  {k}  {t['plain']:8.2f}  "
                   f"{t['phases']:9.2f}  {t['phases'] / t['plain']:14.2f}  {chosen}", flush=True)
 
