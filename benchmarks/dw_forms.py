@@ -1,11 +1,11 @@
 """The conv filter gradient on this backend, several ways: XLA's one convolution over the whole
 batch (x as CHWN, the output image as the window; what autodiff builds too), jcnn's
-`_conv2d_dw` as shipped (lowered for CPU one convolution per chunk of the batch,
-`jcnn.forms.conv._chunked_dw`, a matmul for 1x1 kernels), the same rule with chunks of other
-sizes, and image patches^T @ G in a loop over chunks of about 1 MiB of patches (a form tried on
-2026-12-02 and not kept). Alone for the convs
-of ResNet-8 and LeNet, then in the jcnn ResNet-8 and LeNet training steps as shipped and with
-one convolution per filter gradient, beside autodiff, timed interleaved.
+`_conv2d_dw` as shipped (lowered for CPU a loop over chunks of 16 or 32 images, one
+convolution each, `jcnn.forms.conv._chunked_dw`, a matmul for 1x1 kernels), the same rule with
+chunks of other sizes (`--chunks`), and image patches^T @ G in a loop over chunks of about 1 MiB
+of patches (a form tried on 2026-12-02 and not kept). Alone for the convs of ResNet-8 and
+LeNet, then in the jcnn ResNet-8 and LeNet training steps as shipped and with one convolution
+per filter gradient, beside autodiff, timed interleaved.
 
     python benchmarks/dw_forms.py [--batch 128] [--chunks 8 32] [--repeats 20] [--no-step]
 """
@@ -40,9 +40,8 @@ def one_conv(cfg, x, g):
 
 
 def chunked(cfg, x, g, size):
-    """jcnn's rule with `size` images per chunk, as many chunks as that makes (set while
-    tracing)."""
-    with mock.patch.multiple(conv_forms, DW_CHUNK=size, DW_CHUNKS=-(-x.shape[0] // size)):
+    """jcnn's rule with `size` images per chunk (set while tracing)."""
+    with mock.patch.object(conv_forms, "_dw_chunk", lambda x: size):
         return conv._conv2d_dw(cfg, x, g)
 
 

@@ -319,19 +319,18 @@ def _conv2d_dx_bwd(cfg, res, u):
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _conv2d_dw(cfg: ConvConfig, x: Array, g: Array) -> Array:
-    plain = partial(_filter_correlate, cfg)
     kernel_hw = _kernel_hw(cfg, x.shape[1:-1], g.shape[1:-1])
-    return by_platform(plain, conv_forms.filter_gradient(cfg, x, g, kernel_hw, plain), x, g)
+    return by_platform(partial(_filter_correlate, cfg),
+                       conv_forms.filter_gradient(cfg, x, g, kernel_hw), x, g)
 
 
-def _filter_correlate(cfg: ConvConfig, x: Array, g: Array, acc=None) -> Array:
+def _filter_correlate(cfg: ConvConfig, x: Array, g: Array) -> Array:
     """x as CSN (CHWN in 2-D): its channels are the batch, its batch the contracted feature; g
-    is the window. With `acc`, the products are summed in that dtype (the chunked form's
-    partial sums)."""
+    is the window."""
     return lax.conv_general_dilated(x, g, window_strides=cfg.dilation, padding=cfg.pads,
                                     rhs_dilation=cfg.stride,
                                     dimension_numbers=_layouts(x, "CSN", "ISO", "SNC"),
-                                    batch_group_count=cfg.groups, preferred_element_type=acc)
+                                    batch_group_count=cfg.groups)
 
 
 def _kernel_hw(cfg: ConvConfig, in_hw, out_hw) -> tuple:

@@ -460,25 +460,27 @@ def test_half_precision_tap_sum_loops_in_float32_and_rounds_once(dtype, rng):
 
 
 @pytest.mark.parametrize("op, x_shape, w_shape, kw, convs", [
-    ("conv2d", (37, 6, 5, 3), (3, 3, 3, 4), dict(padding=1), 3),  # chunks of 16, 16 and 5
+    ("conv2d", (37, 6, 5, 3), (3, 3, 3, 4), dict(padding=1), 2),  # a loop over 32, and 5
+    ("conv2d", (48, 16, 16, 8), (3, 3, 8, 4), dict(padding=1), 1),  # a loop over 3 x 16
     ("conv2d", (33, 9, 8, 2), (3, 2, 2, 3),
-     dict(stride=(2, 1), dilation=(1, 2), padding=((2, 0), (1, 3))), 3),
-    ("conv2d", (35, 5, 5, 4), (3, 3, 2, 6), dict(groups=2), 3),
+     dict(stride=(2, 1), dilation=(1, 2), padding=((2, 0), (1, 3))), 2),
+    ("conv2d", (35, 5, 5, 4), (3, 3, 2, 6), dict(groups=2), 2),
     ("conv2d", (20, 7, 7, 4), (1, 1, 4, 5), dict(stride=2), 0),  # a strided 1x1: one matmul
     ("conv2d", (3, 7, 7, 4), (1, 1, 4, 5),  # the matmul's view of a padded, dilated input
      dict(stride=(2, 3), padding=((1, 0), (2, 1)), dilation=3), 0),
-    ("conv2d", (513, 3, 3, 2), (2, 2, 2, 3), {}, 4),  # the most: 4 chunks of 129 or fewer
+    ("conv2d", (513, 3, 3, 2), (2, 2, 2, 3), {}, 2),  # 16 x 32 in the loop, and 1
     ("conv2d", (16, 7, 7, 4), (1, 1, 2, 6), dict(groups=2), 1),  # grouped 1x1, one chunk
-    ("conv_transpose2d", (33, 4, 3, 3), (3, 3, 2, 3), dict(stride=2, output_padding=1), 3),
+    ("conv_transpose2d", (33, 4, 3, 3), (3, 3, 2, 3), dict(stride=2, output_padding=1), 2),
     ("conv_transpose2d", (18, 3, 4, 3), (1, 1, 2, 3), dict(stride=2), 0),
-], ids=["3x3", "strided-dilated", "groups2", "1x1-stride2", "1x1-padded-dilated", "n513",
-        "1x1-groups2", "transpose-3x3", "transpose-1x1"])
+], ids=["3x3", "3x3-chunks-of-16", "strided-dilated", "groups2", "1x1-stride2",
+        "1x1-padded-dilated", "n513", "1x1-groups2", "transpose-3x3", "transpose-1x1"])
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.bfloat16])
 def test_cpu_filter_gradient_is_chunked_convolutions_or_a_matmul(op, x_shape, w_shape, kw, convs,
                                                                   dtype, rng):
-    """Lowered for CPU, the filter gradient above 16 images is one convolution per chunk of 16
-    images, at most 4 chunks (summed in float32 at least), or for an ungrouped 1x1 kernel one
-    matmul: the lowering holds that many convolutions, and its values equal the NumPy loops' in
+    """Lowered for CPU, the filter gradient of a batch larger than a chunk (16 or 32 images)
+    is one convolution in a loop over the chunks and one for the rest (summed in float32 at
+    least), or for an ungrouped 1x1 kernel one matmul: the lowering holds that many
+    convolutions and a loop where it has any, and its values equal the NumPy loops' in
     float64 and, accumulated in float32, to bfloat16's rounding; its second order equals
     autodiff's. conv_transpose2d's filter gradient is the same map with its output cotangent
     as the images."""
@@ -489,6 +491,7 @@ def test_cpu_filter_gradient_is_chunked_convolutions_or_a_matmul(op, x_shape, w_
     pull = jax.jit(lambda x, w: jax.vjp(lambda w: fn(x, w, **kw), w)[1](g)[0])
     text = cpu_text(pull, x, w)
     assert text.count("stablehlo.convolution") == convs, text
+    assert ("stablehlo.while" in text) == (convs > 0 and x_shape[0] > 16), text
     assert convs or "stablehlo.dot_general" in text
     got = pull(x, w)
     assert got.dtype == dtype

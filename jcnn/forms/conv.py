@@ -53,15 +53,14 @@ def input_gradient(cfg, g: Array, hwoi: Array, pads) -> Optional[Callable]:
     return None
 
 
-def filter_gradient(cfg, x: Array, g: Array, kernel_hw, plain: Callable) -> Optional[Callable]:
-    """The CPU form of dw from x and the cotangent g, or None. `plain(x, g, acc)` is the plain
-    rule with its products summed in `acc`."""
+def filter_gradient(cfg, x: Array, g: Array, kernel_hw) -> Optional[Callable]:
+    """The CPU form of dw (a `kernel_hw` kernel) from x and the cotangent g, or None."""
     if not _two_d_static(x):
         return None
     if kernel_hw == (1, 1) and cfg.groups == 1:
         return partial(_one_by_one_dw, cfg)
-    if x.shape[0] > DW_CHUNK:
-        return partial(_chunked_dw, plain)
+    if x.shape[0] > _dw_chunk(x):
+        return partial(_chunked_dw, cfg, kernel_hw)
     return None
 
 
@@ -101,11 +100,12 @@ def _eight_channels_pay(cfg, x: Array, w: Array) -> bool:
     return cfg.groups == 1 and 3 <= x.shape[3] < 8 and w.shape[3] <= 16
 
 
-DW_CHUNK, DW_CHUNKS = 16, 4
-"""Images per filter-gradient convolution, and the most convolutions: XLA:CPU's filter-gradient
-convolution slows down faster than the batch it contracts grows, so above 16 images dW is
-summed over chunks of 16 images, or 4 chunks above 64 (so what XLA compiles stays the same
-however large the batch)."""
+def _dw_chunk(x: Array) -> int:
+    """Images per filter-gradient convolution: 16 where 16 images hold >= 2**15 values, else
+    32. XLA:CPU's filter-gradient convolution slows down faster than the batch it contracts
+    grows; below 2**15 values a chunk of 16 went to Eigen's slower small-convolution path
+    (`benchmarks/dw_forms.py`, RESULTS.md)."""
+    return 16 if 16 * x.shape[1] * x.shape[2] * x.shape[3] >= 2 ** 15 else 32
 
 
 def _eight_channels(plain: Callable, x: Array, w: Array) -> Array:
@@ -274,12 +274,29 @@ def _one_by_one_dw(cfg, x: Array, g: Array) -> Array:
     return dw.reshape(1, 1, *dw.shape).astype(x.dtype)
 
 
-def _chunked_dw(plain: Callable, x: Array, g: Array) -> Array:
-    """dW as the sum of the plain rule over chunks of the batch, in float32 at least: chunks of
-    `DW_CHUNK` images, at most `DW_CHUNKS` of them (larger past DW_CHUNK * DW_CHUNKS images),
-    unrolled: inside a `fori_loop` XLA:CPU runs this convolution by a much slower path."""
+def _chunked_dw(cfg, kernel_hw, x: Array, g: Array) -> Array:
+    """dW as the sum over chunks of `_dw_chunk(x)` images (the last chunk the rest) of the
+    plain rule's convolution, in float32 at least, the chunks in a `fori_loop`: one
+    convolution to compile whatever the batch. In the loop its operands are laid out as
+    XLA:CPU's library kernels read them, x as CHWN (its channels the convolution's batch, its
+    images the contracted feature), g as HWNO (the window); left to XLA's layout assignment
+    (the plain rule's dimension numbers) a convolution inside a loop keeps the loop's NHWC
+    layouts and runs by a generic path, 40-60x slower."""
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    n = x.shape[0]
-    size = max(DW_CHUNK, -(-n // DW_CHUNKS))
-    parts = [plain(x[i:i + size], g[i:i + size], acc) for i in range(0, n, size)]
-    return sum(parts[1:], parts[0]).astype(x.dtype)
+    size = _dw_chunk(x)
+    full, rest = divmod(x.shape[0], size)
+
+    def chunk(xs, gs):
+        dw = lax.conv_general_dilated(jnp.transpose(xs, (3, 1, 2, 0)),
+                                      jnp.transpose(gs, (1, 2, 0, 3)), cfg.dilation, cfg.pads,
+                                      rhs_dilation=cfg.stride, dimension_numbers=_NHWC,
+                                      batch_group_count=cfg.groups, preferred_element_type=acc)
+        return jnp.transpose(dw, (1, 2, 0, 3))  # (C/G, kh, kw, O) -> HWIO
+
+    def add(k, dw):
+        return dw + chunk(*(lax.dynamic_slice_in_dim(a, k * size, size) for a in (x, g)))
+    dw = jnp.zeros((*kernel_hw, x.shape[3] // cfg.groups, g.shape[3]), acc)
+    dw = lax.fori_loop(0, full, add, dw)
+    if rest:
+        dw = dw + chunk(x[full * size:], g[full * size:])
+    return dw.astype(x.dtype)
