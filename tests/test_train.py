@@ -397,7 +397,8 @@ def test_filters_plot_shows_the_change_on_one_scale_per_row(tmp_path, rng):
 
 
 @pytest.mark.parametrize("script, argv, expect", [
-    ("train_lenet.py", ["1"], "epoch 1: batch loss"),
+    # 15 s of a 10-minute suite; `jcnn train`'s own path is the command-line test's above
+    pytest.param("train_lenet.py", ["1"], "epoch 1: batch loss", marks=pytest.mark.slow),
     ("custom_layer.py", ["20"], "swish model: loss"),
 ])
 def test_the_examples_run(script, argv, expect):
