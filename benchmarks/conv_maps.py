@@ -5,6 +5,12 @@ CPU), with each map's GFLOP/s. The forward and the two gradients of one conv do 
 of multiply-adds, 2 * N*OH*OW*O * kh*kw*C FLOP. The sums are what the step's convolutions cost
 at best by each library (the stem's input gradient is not needed by a step and is left out).
 
+The bytes account: each map must at least read its two operands and write its result once
+(forward x, w -> y; input gradient g, w -> dx; filter gradient x, g -> dw), MB a map below.
+With the FMA peak (`jcnn.bench.harness.cpu_peak`) and the memory bandwidth measured here (a
+jitted a + 2b over 3 x 128 MiB), each map's floor is max(FLOP / peak, bytes / bandwidth): the
+line per conv gives which of the two bounds it, and the sums compare them with each library.
+
     python benchmarks/conv_maps.py [--model resnet8 lenet] [--batch 128] [--repeats 20]
 """
 from __future__ import annotations
@@ -59,17 +65,31 @@ def torch_maps(x, w, stride, pad):
     return forward, backward((True, False, False)), backward((False, True, False))
 
 
+def memory_gbps(values: int = 2 ** 25, repeats: int = 10) -> float:
+    """GB/s of a jitted a + 2b over float32 arrays of `values` (two reads, one write)."""
+    a, b = (jax.device_put(np.ones(values, np.float32)) for _ in range(2))
+    triad = jax.jit(lambda a, b: a + 2 * b)
+    triad(a, b).block_until_ready()
+    t = bench.interleaved({"triad": lambda: triad(a, b).block_until_ready()}, repeats, 2)
+    return 3 * 4 * values / float(np.median(t["triad"])) / 1e9
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", nargs="+", choices=sorted(CONVS), default=["resnet8"])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
+    peak, _ = bench.cpu_peak()
+    gbps = memory_gbps()
     print(f"{bench.describe_cpu(open('/proc/cpuinfo').read()) or 'cpu'}, batch {args.batch}, "
-          f"ms (GFLOP/s) per map: forward / input gradient / filter gradient")
+          f"ms (GFLOP/s) per map: forward / input gradient / filter gradient; FMA peak "
+          f"{peak or float('nan'):.0f} GFLOP/s, memory {gbps:.1f} GB/s")
     for model in args.model:
         totals: dict[str, float] = {}
-        print(f"{model}: side  C -> O  k  s  x count  GFLOP   jcnn | xla | torch")
+        floors = {"FLOP": 0.0, "bytes": 0.0}
+        print(f"{model}: side  C -> O  k  s  x count  GFLOP  MB a map  floor ms (by)  "
+              "jcnn | xla | torch")
         for index, (side, c, o, k, s, count) in enumerate(CONVS[model]):
             pad = 2 if model == "lenet" else k // 2
             rng = np.random.default_rng(0)
@@ -83,6 +103,12 @@ def main() -> None:
             torch_runs = torch_maps(x, w, s, pad)
             y = paths["xla"][0](x, w)
             gflop = 2 * y.size * k * k * c / 1e9
+            mb = 4 * (x.size + w.size + y.size) / 1e6  # each map moves x, w, y (or dx, dw, g)
+            maps_needed = count * (2 if index == 0 else 3)
+            by_flop = maps_needed * gflop / (peak or np.inf) * 1e3
+            by_bytes = maps_needed * mb / gbps
+            floors["FLOP"] += by_flop
+            floors["bytes"] += by_bytes
             x, w, g = jax.device_put((x, w, np.ones(y.shape, np.float32)))
             runners = {}
             for name, (f, dx, dw) in paths.items():
@@ -101,10 +127,12 @@ def main() -> None:
                 needed = [maps[0], 0.0, maps[2]] if index == 0 else maps  # the stem: no dx
                 totals[name] = totals.get(name, 0.0) + count * sum(needed)
                 cells.append(" / ".join(f"{t:.2f} ({gflop / t * 1e3:.0f})" for t in maps))
-            print(f"  {side:4d}  {c:2d} -> {o:2d}  {k}  {s}  x{count}  {gflop:.3f}   "
-                  + " | ".join(cells), flush=True)
+            floor = f"{max(by_flop, by_bytes):.2f} ({'FLOP' if by_flop > by_bytes else 'bytes'})"
+            print(f"  {side:4d}  {c:2d} -> {o:2d}  {k}  {s}  x{count}  {gflop:.3f}  "
+                  f"{mb:.1f}  {floor}   " + " | ".join(cells), flush=True)
         print("  the model's convolutions, ms: " +
-              ", ".join(f"{name} {t:.1f}" for name, t in totals.items()))
+              ", ".join(f"{name} {t:.1f}" for name, t in totals.items()) +
+              f"; floors: FLOP {floors['FLOP']:.1f}, bytes {floors['bytes']:.1f}")
 
 
 if __name__ == "__main__":

@@ -82,11 +82,12 @@ def _maybe_jit(f, jit, **kw):
     return jax.jit(f, **kw) if jit else f
 
 
-def _jit_or_slow_eager(names) -> list:
+def _jit_or_slow_eager(names, eager_model: bool = True) -> list:
     """(name, jit) pairs: every name jitted; eagerly only the model by default (the per-op
     eager runs, the same rules dispatched op by op, with --runslow)."""
     return [pytest.param(n, j, id=f"{n}-{'jit' if j else 'eager'}",
-                         marks=[pytest.mark.slow] if not j and n != "model" else [])
+                         marks=[pytest.mark.slow] if not (j or n == "model" and eager_model)
+                         else [])
             for n in names for j in (False, True)]
 
 
@@ -113,8 +114,9 @@ def test_linearize_matches_jax_linearize(name, jit, rng):
 
 
 @pytest.mark.parametrize("argnums", ["first", "all"])
-@pytest.mark.parametrize("name, jit", _jit_or_slow_eager(
-    ["conv2d", "dense", "relu", "max_pool2d", "batch_norm", "softmax_cross_entropy", "model"]))
+@pytest.mark.parametrize("name, jit", _jit_or_slow_eager(  # the eager model: jvp's test
+    ["conv2d", "dense", "relu", "max_pool2d", "batch_norm", "softmax_cross_entropy", "model"],
+    eager_model=False))
 def test_jacfwd_matches_jax_jacfwd(name, jit, argnums, rng):
     f, ref, primals, _ = _args(name, rng)
     nums = 0 if argnums == "first" else _float_argnums(primals)

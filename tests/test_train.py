@@ -19,6 +19,7 @@ from jcnn import layers as L
 from jcnn import models, reference
 from jcnn.cli import main
 from jcnn.cli import train as T
+from jcnn.train import plots
 from jcnn.train.checkpoint import read_config, save_checkpoint
 from jcnn.train.data import batches, load_dataset
 from jcnn.train.parallel import data_mesh, shard_batch
@@ -94,8 +95,11 @@ def test_bfloat16_computes_in_bfloat16_on_float32_master_params(digits):
 @pytest.fixture
 def cli(monkeypatch, capsys):
     """Run `jcnn train ARGS --model lenet` in-process with a tiny LeNet; returns
-    (exit code, stdout, stderr)."""
+    (exit code, stdout, stderr). Its plots are placeholder files: drawing them took 0.7 s a run
+    (40 runs here); the real ones are the command-line, kill and plot tests'."""
     monkeypatch.setitem(T.MODELS, "lenet", tiny_lenet)
+    for name in ("plot_curves", "plot_filters"):
+        monkeypatch.setattr(plots, name, lambda *args: Path(args[-1]).write_bytes(b"\x89PNG"))
 
     def run(*args):
         code = main(["train", "--batch-size", "32", "--lr", "0.01", *map(str, args)])
