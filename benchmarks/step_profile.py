@@ -98,8 +98,9 @@ def profile(run, steps: int) -> dict[str, float]:
     return spent
 
 
-def step_groups(model: str, ops, batch: int, steps: int) -> tuple[dict[str, float], float]:
-    """(seconds per step in each group, the step's median wall time) for one batch size."""
+def step_groups(model: str, ops, batch: int, steps: int) -> tuple[dict[str, float], float, dict]:
+    """(seconds per step in each group, the step's median wall time, XLA's cost analysis) for
+    one batch size."""
     spec = MODELS[model]
     images, labels = harness._batch(spec, batch)
     compiled, ts, x, y = harness.compile_step(spec, ops, images, labels, None)
@@ -115,7 +116,9 @@ def step_groups(model: str, ops, batch: int, steps: int) -> tuple[dict[str, floa
         group = where.get(op, "elementwise/reduce")
         if group is not None:
             by_group[group] += seconds
-    return by_group, sorted(walls)[len(walls) // 2]
+    cost = compiled.cost_analysis()
+    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else cost
+    return by_group, sorted(walls)[len(walls) // 2], cost or {}
 
 
 def main() -> None:
@@ -133,11 +136,15 @@ def main() -> None:
     print("|---" * (len(args.batch_sizes) + 1) + "|")
     for g in (*GROUPS, "all thunks (CPU)", "step (wall)"):
         cells = []
-        for b, (by_group, wall) in rows.items():
+        for b, (by_group, wall, _) in rows.items():
             s = {"all thunks (CPU)": sum(by_group.values()), "step (wall)": wall}.get(
                 g, by_group.get(g, 0.0))
             cells.append(f"{1e3 * s:.1f} ({1e3 * s / b:.3f})")
         print(f"| {g} | " + " | ".join(cells) + " |")
+    print("XLA's cost analysis of the step (every op's operands and result counted, no cache):",
+          "; ".join(f"B={b}: {cost.get('flops', 0) / 1e9:.1f} GFLOP, "
+                    f"{cost.get('bytes accessed', 0) / 1e9:.2f} GB"
+                    for b, (_, _, cost) in rows.items()))
 
 
 if __name__ == "__main__":

@@ -114,10 +114,11 @@ def _rows(case: dict, times: dict[str, list[float]], memory: dict[str, dict],
     """One row per implementation, each with every field of `FIELDS` (None where it has no
     value): median and fastest time, `ratio` / `temp_ratio` against the baseline's,
     `ratio_lo`/`ratio_hi` the lowest and highest of the `rounds` per-round ratios (`times`
-    holds each round's runs in turn, as `interleaved` returns them), `gflops` XLA's FLOP count
-    over the median (a row without a count of its own, PyTorch's, takes the baseline's: the
-    same model's step), and for the JAX rows `torch_ratio`, the median against the fastest
-    PyTorch variant's (when any ran)."""
+    holds each round's runs in turn, as `interleaved` returns them), `gflops` the baseline's
+    FLOP count by XLA over the median (every row computes the same model's step; XLA's count
+    of a hand rule's own step counts a loop's body once, and PyTorch's rows have none), and for
+    the JAX rows `torch_ratio`, the median against the fastest PyTorch variant's (when any
+    ran)."""
     rows = []
     for impl in [*times, *notes]:
         row = dict.fromkeys(FIELDS) | case | {"impl": impl, "note": notes.get(impl)}
@@ -135,7 +136,7 @@ def _rows(case: dict, times: dict[str, list[float]], memory: dict[str, dict],
         if r["temp_bytes"] is not None and base["temp_bytes"]:
             r["temp_ratio"] = r["temp_bytes"] / base["temp_bytes"]
         if r["median_ms"] is not None:
-            r["flops"] = r["flops"] or base["flops"]
+            r["flops"] = base["flops"] or r["flops"]
             r["gflops"] = r["flops"] and r["flops"] / r["median_ms"] / 1e6
     torch = [r["median_ms"] for r in rows
              if r["impl"].startswith("torch-") and r["median_ms"] is not None]
