@@ -391,10 +391,16 @@ VARIANT_DEFAULT = {"grad", "gradgrad_joint", "gradgrad_per_arg_kinked", "gradgra
                    "export_symbolic"}
 
 
+# jit and grad alone: the static export's check holds both (the jitted op's values and its
+# gradient, exported and called), so they run with --runslow wherever the export runs.
+IN_EXPORT = {"jit", "grad"}
+
+
 def _slow(op: str, transform: str, dtype: str) -> bool:
     return ((dtype == "float32") != (transform == "export_symbolic")
             or (op in VARIANTS and transform not in VARIANT_DEFAULT)
-            or (op in ELEMENTWISE and transform in WRAPPERS))
+            or (op in ELEMENTWISE and transform in WRAPPERS)
+            or (transform in IN_EXPORT and not _slow(op, "export", dtype)))
 
 
 MATRIX = [pytest.param(op, t, dt, id=f"{op}-{t}-{dt}",
