@@ -258,7 +258,8 @@ def spawn(setting: str, cases: list[Case], repeats: int, rounds: int, warmup: in
 def measure(settings: list[str], cases: list[Case], repeats: int, rounds: int,
             warmup: int = 3) -> list[dict]:
     """A row per setting and case (the default setting first, as the outputs' reference):
-    times, GFLOP/s (XLA's count of the step over its median), library calls and the outputs'
+    times, GFLOP/s (XLA's count of autodiff's step, the same math, over each median: XLA counts
+    a loop's body once, and jcnn's filter gradient loops), library calls and the outputs'
     difference from the default's, per path."""
     settings = ["default"] + [s for s in settings if s != "default"]
     rows, reference = [], {}
@@ -267,13 +268,14 @@ def measure(settings: list[str], cases: list[Case], repeats: int, rounds: int,
         for i, case in enumerate(cases):
             row = {"setting": setting, "flags": flags_of(setting), **case._asdict(),
                    "note": error or None}
+            flops = results and results[i]["autodiff"]["flops"]
             for impl in ("jcnn", "autodiff"):
                 got = results[i][impl] if results else {}
                 if setting == "default" and got:
                     reference[case, impl] = got["outputs"]
                 diff = (max_rel_diff(got["outputs"], reference[case, impl])
                         if got and (case, impl) in reference else None)
-                gflops = got and got["flops"] and got["flops"] / got["ms"] / 1e6
+                gflops = got and flops and flops / got["ms"] / 1e6
                 row |= {f"{impl}_ms": got.get("ms"), f"{impl}_gflops": gflops or None,
                         f"{impl}_lib": got.get("lib"),
                         f"{impl}_diff": diff,
