@@ -51,7 +51,7 @@ FORM_CASES = [
     ("1x1-matmul-dw", (3, 7, 7, 4), (1, 1, 4, 5), dict(stride=(2, 3), padding=1, dilation=3),
      ("eight", None, "matmul")),
     ("chunked-dw", (37, 6, 5, 2), (3, 3, 2, 4), dict(padding=1), (None, None, "chunks")),
-    ("chunked-dw-16", (33, 8, 8, 32), (3, 3, 32, 4), dict(stride=2, padding=1),
+    ("chunked-dw-16", (33, 16, 16, 8), (3, 3, 8, 4), dict(stride=2, padding=1),
      (None, None, "chunks")),
     ("phases-dx", (2, 16, 16, 12), (3, 3, 12, 20), dict(stride=2, padding=1),
      (None, "phases", None)),

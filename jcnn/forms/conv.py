@@ -101,11 +101,11 @@ def _eight_channels_pay(cfg, x: Array, w: Array) -> bool:
 
 
 def _dw_chunk(x: Array) -> int:
-    """Images per filter-gradient convolution: 16 where 16 images hold >= 2**15 values, else
-    32. XLA:CPU's filter-gradient convolution slows down faster than the batch it contracts
-    grows; below 2**15 values a chunk of 16 went to Eigen's slower small-convolution path
-    (`benchmarks/dw_forms.py`, RESULTS.md)."""
-    return 16 if 16 * x.shape[1] * x.shape[2] * x.shape[3] >= 2 ** 15 else 32
+    """Images per filter-gradient convolution: 16 on images of at least 256 pixels (the
+    convolution's window), else 32. XLA:CPU's filter-gradient convolution slows down faster
+    than the batch it contracts grows; on smaller windows a chunk of 16 ran by Eigen's slower
+    path (LeNet's conv2, 14x14: 1.5x the time of 32; `benchmarks/dw_forms.py`, RESULTS.md)."""
+    return 16 if x.shape[1] * x.shape[2] >= 256 else 32
 
 
 def _eight_channels(plain: Callable, x: Array, w: Array) -> Array:
