@@ -394,11 +394,21 @@ VARIANT_DEFAULT = {"grad", "gradgrad_joint", "gradgrad_per_arg_kinked", "gradgra
 # jit and grad alone: the static export's check holds both (the jitted op's values and its
 # gradient, exported and called), so they run with --runslow wherever the export runs.
 IN_EXPORT = {"jit", "grad"}
+# Every op takes the derivative columns (where an op's own rule can be wrong) by default; the
+# rest, the transformations of the custom_vjp plumbing every op shares, one op of each family
+# (a convolution, its transpose, dense, relu, each pooling, resizing, the norms, dropout, the
+# loss) by default and every op with --runslow: conv1d/3d are conv2d's rule over other axes.
+EVERY_OP = {"vmap_grad", "gradgrad_joint", "gradgrad_per_arg_kinked", "gradgrad_joint_kinked",
+            "export_symbolic"}
+FAMILIES = {"conv2d", "conv_transpose2d", "dense", "relu", "max_pool2d_2x2", "avg_pool2d",
+            "upsample2d_bilinear", "batch_norm", "group_norm", "dropout",
+            "softmax_cross_entropy"}
 
 
 def _slow(op: str, transform: str, dtype: str) -> bool:
     return ((dtype == "float32") != (transform == "export_symbolic")
             or (op in VARIANTS and transform not in VARIANT_DEFAULT)
+            or (op not in FAMILIES and op not in VARIANTS and transform not in EVERY_OP)
             or (op in ELEMENTWISE and transform in WRAPPERS)
             or (transform in IN_EXPORT and not _slow(op, "export", dtype)))
 
