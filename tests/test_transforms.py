@@ -379,12 +379,6 @@ def _meaningful(name: str, case: Case, transform: str, dtype: str) -> bool:
 # whose float64 run is left instead (the forms and the rules are the same code in both dtypes,
 # and float64's tolerances are the tighter); and, for a second configuration of an op
 # that another case has (VARIANTS), all but its derivatives, kinks and symbolic export.
-# Elementwise activations past relu (the kinked one): the wrappers that run the op's own
-# arithmetic again (scan, checkpoint, jcnn.jvp, jcnn.hessian) and the static export see the
-# same custom_vjp plumbing in each, so they run with --runslow.
-ELEMENTWISE = {"leaky_relu", "sigmoid", "tanh", "gelu_tanh", "gelu_erf", "silu", "elu",
-               "softplus"}
-WRAPPERS = {"scan", "checkpoint", "jvp", "hessian", "export"}
 VARIANTS = {"conv2d_1ch", "gelu_erf", "max_pool2d_3x3s2p1", "max_pool2d_dil2_ceil",
             "batch_norm_eval"}
 VARIANT_DEFAULT = {"grad", "gradgrad_joint", "gradgrad_per_arg_kinked", "gradgrad_joint_kinked",
@@ -409,7 +403,6 @@ def _slow(op: str, transform: str, dtype: str) -> bool:
     return ((dtype == "float32") != (transform == "export_symbolic")
             or (op in VARIANTS and transform not in VARIANT_DEFAULT)
             or (op not in FAMILIES and op not in VARIANTS and transform not in EVERY_OP)
-            or (op in ELEMENTWISE and transform in WRAPPERS)
             or (transform in IN_EXPORT and not _slow(op, "export", dtype)))
 
 
