@@ -116,9 +116,7 @@ def step_groups(model: str, ops, batch: int, steps: int) -> tuple[dict[str, floa
         group = where.get(op, "elementwise/reduce")
         if group is not None:
             by_group[group] += seconds
-    cost = compiled.cost_analysis()
-    cost = (cost[0] if cost else {}) if isinstance(cost, (list, tuple)) else cost
-    return by_group, sorted(walls)[len(walls) // 2], cost or {}
+    return by_group, sorted(walls)[len(walls) // 2], harness.cost_analysis(compiled)
 
 
 def main() -> None:

@@ -75,13 +75,18 @@ def _time(runners: dict[str, Callable[[], object]], memory: dict[str, dict], rep
     return times
 
 
-def step_flops(compiled) -> Optional[float]:
-    """FLOPs of one call of `compiled` by XLA's cost analysis (None where the backend counts
-    none): a dict in current jax, a list of one dict per module in older versions."""
+def cost_analysis(compiled) -> dict:
+    """XLA's cost analysis of one call of `compiled` ({} where the backend gives none): a dict
+    in current jax, a list of one dict per module in older versions."""
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0] if cost else None
-    flops = (cost or {}).get("flops")
+    return cost or {}
+
+
+def step_flops(compiled) -> Optional[float]:
+    """FLOPs of one call of `compiled` by XLA's cost analysis (None where it counts none)."""
+    flops = cost_analysis(compiled).get("flops")
     return float(flops) if flops and flops > 0 else None
 
 
