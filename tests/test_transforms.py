@@ -433,6 +433,9 @@ SHARD_BATCH = 8  # 2 examples a device
 
 SHARD_MATRIX = [(op, layout, dt) for op, case in CASES.items()
                 for layout in ("batch",) + (("params",) if case.sharded else ()) for dt in DTYPES]
+# float32 with --runslow, as in the matrix above: the same rules and plumbing as float64, whose
+# tolerances are the tighter
+SHARD_SLOW = {"float32"}
 
 
 def shard_case(op: str, layout: str, dtype_name: str) -> None:
@@ -476,6 +479,8 @@ import test_transforms as T
 assert jax.device_count() == 4, jax.devices()
 out = {}
 for op, layout, dt in T.SHARD_MATRIX:
+    if dt in T.SHARD_SLOW and sys.argv[2] != "--runslow":
+        continue
     try:
         T.shard_case(op, layout, dt)
         out[f"{op}-{layout}-{dt}"] = "ok"
@@ -492,7 +497,7 @@ def _shared_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _shard_process(tmp_path_factory):
+def _shard_process(tmp_path_factory, pytestconfig):
     """The 4-device subprocess, started once per run by the first worker to get here, when the
     module's first test runs: it works beside the matrix, and the other workers read its
     verdicts from the shared directory instead of running it again."""
@@ -507,7 +512,9 @@ def _shard_process(tmp_path_factory):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "1",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", SHARD_SCRIPT, str(Path(__file__).parent)],
+    runslow = "--runslow" if pytestconfig.getoption("--runslow") else ""
+    proc = subprocess.Popen([sys.executable, "-c", SHARD_SCRIPT, str(Path(__file__).parent),
+                             runslow],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=ROOT)
     yield proc
@@ -543,7 +550,8 @@ def shard_results(_shard_process, tmp_path_factory):
 
 
 @pytest.mark.parametrize("op, layout, dtype", [
-    pytest.param(*c, id=f"{c[0]}-shard_map_{c[1]}-{c[2]}") for c in SHARD_MATRIX])
+    pytest.param(*c, id=f"{c[0]}-shard_map_{c[1]}-{c[2]}",
+                 marks=[pytest.mark.slow] if c[2] in SHARD_SLOW else []) for c in SHARD_MATRIX])
 def test_shard_map(op, layout, dtype, shard_results):
     verdict = shard_results[f"{op}-{layout}-{dtype}"]
     assert verdict == "ok", verdict
