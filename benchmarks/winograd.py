@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from conv_maps import torch_maps  # benchmarks/, the script's directory
+
 from jcnn.bench import harness as bench
 from jcnn.cli.malloc import keep_freed_memory
 
@@ -78,23 +80,6 @@ def xla_conv(x, w):
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def torch_forward(x, w):
-    """PyTorch's forward of the same conv (channels_last, oneDNN), or None without torch."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))) \
-        .contiguous(memory_format=torch.channels_last)
-    tw = torch.from_numpy(np.ascontiguousarray(w.transpose(3, 2, 0, 1))) \
-        .contiguous(memory_format=torch.channels_last)
-
-    def forward():
-        with torch.no_grad():
-            return torch.nn.functional.conv2d(tx, tw, padding=1)
-    return forward
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
@@ -115,9 +100,9 @@ def main() -> None:
             err = {k: float(np.max(np.abs(np.asarray(f(xd, wd)) - exact)) / np.max(np.abs(exact)))
                    for k, f in fns.items() if k != "xla"}
             runners = {k: (lambda f=f: f(xd, wd).block_until_ready()) for k, f in fns.items()}
-            tf = torch_forward(x, w)
-            if tf is not None:
-                runners["torch"] = tf
+            maps = torch_maps(x, w, 1, 1)
+            if maps is not None:
+                runners["torch"] = maps[0]
             times = bench.interleaved(runners, args.repeats, 4)
             t = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
             torch_ms = f"{t['torch']:8.2f}" if "torch" in t else "       -"
