@@ -7,7 +7,14 @@ each group's thunk time per step and per image, so a time per image that grows w
 points at its group. Thunk times are summed over XLA's threads (the two cores), so a group's
 figure is CPU time, and the sum can exceed the step's wall time where thunks overlap.
 
+`--torch` profiles PyTorch's step instead (channels_last, as `jcnn bench` times it) with
+`torch.profiler`, each aten op's self time put in the same groups (`convolution_backward`
+computes both gradients: its time is under "conv filter grad", the input gradient's row empty).
+Its times are each op's time on the calling thread (oneDNN parallelises inside an op), so they
+sum to about the step's wall time rather than to CPU time.
+
     python benchmarks/step_profile.py [--model resnet8] [--batch-sizes 32 128] [--steps 10]
+                                      [--autodiff | --torch]
 """
 from __future__ import annotations
 
@@ -119,26 +126,69 @@ def step_groups(model: str, ops, batch: int, steps: int) -> tuple[dict[str, floa
     return by_group, sorted(walls)[len(walls) // 2], harness.cost_analysis(compiled)
 
 
+def torch_group(name: str) -> str:
+    """The group of an aten op of PyTorch's step, by its name."""
+    lowered = name.lower()
+    if "convolution_backward" in lowered or "convolutionbackward" in lowered:
+        return "conv filter grad"
+    if "convolution" in lowered:
+        return "conv forward"
+    if name in ("aten::mm", "aten::addmm", "aten::linear"):
+        return "dot"
+    if name in ("aten::copy_", "aten::contiguous", "aten::clone", "aten::to"):
+        return "copy/transpose"
+    return "elementwise/reduce"
+
+
+def torch_step_groups(model: str, batch: int, steps: int) -> tuple[dict[str, float], float, dict]:
+    """`step_groups` for PyTorch's channels_last step, from `torch.profiler`."""
+    import torch.profiler
+
+    from jcnn.bench import torch_twins  # torch is optional: imported only when asked for
+    images, labels = harness._batch(MODELS[model], batch)
+    run = torch_twins.step_runner(model, "channels_last", images, labels, "float32")
+    walls = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run()
+        walls.append(time.perf_counter() - start)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            run()
+    by_group = collections.Counter()
+    for event in prof.key_averages():
+        by_group[torch_group(event.key)] += event.self_cpu_time_total * 1e-6 / steps
+    return by_group, sorted(walls)[len(walls) // 2], {}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet8", choices=sorted(MODELS))
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--autodiff", action="store_true", help="profile autodiff's step instead")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--autodiff", action="store_true", help="profile autodiff's step instead")
+    which.add_argument("--torch", action="store_true", help="profile PyTorch's step instead")
     args = p.parse_args()
     keep_freed_memory()  # as `jcnn bench` runs its steps
-    ops = reference if args.autodiff else jcnn
-    rows = {b: step_groups(args.model, ops, b, args.steps) for b in args.batch_sizes}
+    if args.torch:
+        rows = {b: torch_step_groups(args.model, b, args.steps) for b in args.batch_sizes}
+    else:
+        ops = reference if args.autodiff else jcnn
+        rows = {b: step_groups(args.model, ops, b, args.steps) for b in args.batch_sizes}
     head = " | ".join(f"B={b} ms (per image)" for b in args.batch_sizes)
-    print(f"| {args.model} {'autodiff' if args.autodiff else 'jcnn'} | {head} |")
+    name = "torch" if args.torch else "autodiff" if args.autodiff else "jcnn"
+    print(f"| {args.model} {name} | {head} |")
     print("|---" * (len(args.batch_sizes) + 1) + "|")
-    for g in (*GROUPS, "all thunks (CPU)", "step (wall)"):
+    total = "all ops (thread time)" if args.torch else "all thunks (CPU)"
+    for g in (*GROUPS, total, "step (wall)"):
         cells = []
         for b, (by_group, wall, _) in rows.items():
-            s = {"all thunks (CPU)": sum(by_group.values()), "step (wall)": wall}.get(
-                g, by_group.get(g, 0.0))
+            s = {total: sum(by_group.values()), "step (wall)": wall}.get(g, by_group.get(g, 0.0))
             cells.append(f"{1e3 * s:.1f} ({1e3 * s / b:.3f})")
         print(f"| {g} | " + " | ".join(cells) + " |")
+    if args.torch:
+        return
     print("XLA's cost analysis of the step (every op's operands and result counted, no cache):",
           "; ".join(f"B={b}: {cost.get('flops', 0) / 1e9:.1f} GFLOP, "
                     f"{cost.get('bytes accessed', 0) / 1e9:.2f} GB"
