@@ -3,9 +3,10 @@ batch (x as CHWN, the output image as the window; what autodiff builds too), jcn
 `_conv2d_dw` as shipped (lowered for CPU a loop over chunks of 16 or 32 images, one
 convolution each, `jcnn.forms.conv._chunked_dw`, a matmul for 1x1 kernels), the same rule with
 chunks of other sizes (`--chunks`), and image patches^T @ G in a loop over chunks of about 1 MiB
-of patches (a form tried on 2026-12-02 and not kept). Alone for the convs of ResNet-8 and
-LeNet, then in the jcnn ResNet-8 and LeNet training steps as shipped and with one convolution
-per filter gradient, beside autodiff, timed interleaved.
+of patches (not kept: faster for strided kernels, but its matmul multiplies the padding's zeros
+by g, so a NaN in g reaches taps the convolution keeps finite). Alone for the convs of ResNet-8
+and LeNet, then in the jcnn ResNet-8 and LeNet training steps as shipped and with one
+convolution per filter gradient, beside autodiff, timed interleaved.
 
     python benchmarks/dw_forms.py [--batch 128] [--chunks 8 32] [--repeats 20] [--no-step]
 """
