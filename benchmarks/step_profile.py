@@ -105,6 +105,16 @@ def profile(run, steps: int) -> dict[str, float]:
     return spent
 
 
+def median_wall(run, steps: int) -> float:
+    """The median wall time in seconds of `steps` calls of `run` (each waits for its step)."""
+    walls = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        run()
+        walls.append(time.perf_counter() - start)
+    return sorted(walls)[len(walls) // 2]
+
+
 def step_groups(model: str, ops, batch: int, steps: int) -> tuple[dict[str, float], float, dict]:
     """(seconds per step in each group, the step's median wall time, XLA's cost analysis) for
     one batch size."""
@@ -112,18 +122,14 @@ def step_groups(model: str, ops, batch: int, steps: int) -> tuple[dict[str, floa
     images, labels = harness._batch(spec, batch)
     compiled, ts, x, y = harness.compile_step(spec, ops, images, labels, None)
     run = harness.step_runner(compiled, ts, x, y)
-    walls = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        walls.append(time.perf_counter() - start)
+    wall = median_wall(run, steps)
     where = groups(compiled.as_text())
     by_group = collections.Counter()
     for op, seconds in profile(run, steps).items():
         group = where.get(op, "elementwise/reduce")
         if group is not None:
             by_group[group] += seconds
-    return by_group, sorted(walls)[len(walls) // 2], harness.cost_analysis(compiled)
+    return by_group, wall, harness.cost_analysis(compiled)
 
 
 def torch_group(name: str) -> str:
@@ -147,18 +153,14 @@ def torch_step_groups(model: str, batch: int, steps: int) -> tuple[dict[str, flo
     from jcnn.bench import torch_twins  # torch is optional: imported only when asked for
     images, labels = harness._batch(MODELS[model], batch)
     run = torch_twins.step_runner(model, "channels_last", images, labels, "float32")
-    walls = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        walls.append(time.perf_counter() - start)
+    wall = median_wall(run, steps)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             run()
     by_group = collections.Counter()
     for event in prof.key_averages():
         by_group[torch_group(event.key)] += event.self_cpu_time_total * 1e-6 / steps
-    return by_group, sorted(walls)[len(walls) // 2], {}
+    return by_group, wall, {}
 
 
 def main() -> None:
